@@ -1,0 +1,250 @@
+//! Domain types, parsed at the edge: a value of these types is valid.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::config::{MAX_ATTEMPTS_CAP, MAX_JOB_TIMEOUT_SECS};
+
+/// Where a job is in its life. `dispatching` and `running` count against the
+/// limit; `succeeded`, `failed`, `timed_out` and `cancelled` are terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type, ToSchema)]
+#[sqlx(type_name = "job_status", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Queued,
+    Dispatching,
+    Running,
+    Succeeded,
+    Failed,
+    TimedOut,
+    Cancelled,
+}
+
+impl JobStatus {
+    pub const ALL: [JobStatus; 7] = [
+        JobStatus::Queued,
+        JobStatus::Dispatching,
+        JobStatus::Running,
+        JobStatus::Succeeded,
+        JobStatus::Failed,
+        JobStatus::TimedOut,
+        JobStatus::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Dispatching => "dispatching",
+            JobStatus::Running => "running",
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Failed => "failed",
+            JobStatus::TimedOut => "timed_out",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Succeeded | JobStatus::Failed | JobStatus::TimedOut | JobStatus::Cancelled
+        )
+    }
+
+    pub fn is_live(self) -> bool {
+        matches!(self, JobStatus::Dispatching | JobStatus::Running)
+    }
+}
+
+/// A job, as the API shows it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Job {
+    pub id: Uuid,
+    pub status: JobStatus,
+    /// The JSON the client submitted, returned verbatim.
+    #[schema(value_type = serde_json::Value)]
+    pub payload: Box<RawValue>,
+    /// Submissions to the downstream that counted as attempts (a 429/503 does not).
+    pub attempts: i32,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// What the downstream reported in its callback, verbatim.
+    #[schema(value_type = Option<serde_json::Value>)]
+    pub result: Option<Box<RawValue>>,
+    pub error: Option<String>,
+}
+
+/// One state change of a job.
+#[derive(Debug, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
+pub struct JobEvent {
+    pub at: DateTime<Utc>,
+    pub from: Option<JobStatus>,
+    pub to: JobStatus,
+    pub attempt: i32,
+    /// Why it happened, e.g. `submitted`, `downstream 503`, `lease expired`, `callback`.
+    pub reason: String,
+}
+
+/// A validated job submission.
+#[derive(Debug, Clone)]
+pub struct JobSpec {
+    pub payload: Box<RawValue>,
+    pub timeout_secs: Option<u32>,
+    pub max_attempts: Option<u32>,
+}
+
+impl JobSpec {
+    pub fn new(payload: Box<RawValue>, timeout_secs: Option<i64>, max_attempts: Option<i64>) -> Result<Self, String> {
+        if nesting_depth(payload.get()) > MAX_NESTING {
+            return Err(format!("payload: nested deeper than {MAX_NESTING} levels"));
+        }
+        let timeout_secs = match timeout_secs {
+            None => None,
+            Some(t) if (1..=i64::from(MAX_JOB_TIMEOUT_SECS)).contains(&t) => Some(t as u32),
+            Some(_) => return Err(format!("timeout_secs: must be between 1 and {MAX_JOB_TIMEOUT_SECS}")),
+        };
+        let max_attempts = match max_attempts {
+            None => None,
+            Some(a) if (1..=i64::from(MAX_ATTEMPTS_CAP)).contains(&a) => Some(a as u32),
+            Some(_) => return Err(format!("max_attempts: must be between 1 and {MAX_ATTEMPTS_CAP}")),
+        };
+        Ok(Self {
+            payload,
+            timeout_secs,
+            max_attempts,
+        })
+    }
+
+    /// Fingerprint of the submission, to tell an idempotent repeat (same
+    /// key, same body) from a reuse of the key for another body.
+    pub fn fingerprint(&self) -> Vec<u8> {
+        let mut h = Sha256::new();
+        h.update(self.payload.get().as_bytes());
+        h.update([0]);
+        h.update(format!("{:?}/{:?}", self.timeout_secs, self.max_attempts).as_bytes());
+        h.finalize().to_vec()
+    }
+}
+
+/// Deepest nesting of arrays and objects accepted in a payload or result.
+pub const MAX_NESTING: usize = 64;
+
+/// How deeply arrays and objects nest in a JSON text (already valid JSON).
+pub fn nesting_depth(json: &str) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for b in json.bytes() {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+/// An `Idempotency-Key`: 1 to 255 visible ASCII characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey(String);
+
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+impl IdempotencyKey {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s.is_empty() || s.len() > MAX_IDEMPOTENCY_KEY_LEN {
+            return Err(format!(
+                "idempotency key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} characters"
+            ));
+        }
+        if !s.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+            return Err("idempotency key must be visible ASCII characters without spaces".into());
+        }
+        Ok(Self(s.to_owned()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(s: &str) -> Box<RawValue> {
+        RawValue::from_string(s.to_owned()).unwrap()
+    }
+
+    #[test]
+    fn status_names_round_trip() {
+        for s in JobStatus::ALL {
+            assert_eq!(JobStatus::parse(s.as_str()), Some(s));
+            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{}\"", s.as_str()));
+        }
+        assert_eq!(JobStatus::parse("QUEUED"), None);
+        assert_eq!(JobStatus::ALL.iter().filter(|s| s.is_live()).count(), 2);
+        assert_eq!(JobStatus::ALL.iter().filter(|s| s.is_terminal()).count(), 4);
+    }
+
+    #[test]
+    fn spec_bounds() {
+        assert!(JobSpec::new(raw("1"), Some(0), None).is_err());
+        assert!(JobSpec::new(raw("1"), Some(i64::from(MAX_JOB_TIMEOUT_SECS) + 1), None).is_err());
+        assert!(JobSpec::new(raw("1"), None, Some(0)).is_err());
+        assert!(JobSpec::new(raw("1"), None, Some(101)).is_err());
+        assert!(JobSpec::new(raw("1"), Some(1), Some(100)).is_ok());
+    }
+
+    #[test]
+    fn fingerprint_tells_bodies_apart() {
+        let a = JobSpec::new(raw(r#"{"a":1}"#), None, None).unwrap();
+        let b = JobSpec::new(raw(r#"{"a":2}"#), None, None).unwrap();
+        let c = JobSpec::new(raw(r#"{"a":1}"#), Some(5), None).unwrap();
+        assert_eq!(
+            a.fingerprint(),
+            JobSpec::new(raw(r#"{"a":1}"#), None, None).unwrap().fingerprint()
+        );
+        assert_ne!(a.fingerprint(), b.fingerprint());
+        assert_ne!(a.fingerprint(), c.fingerprint());
+    }
+
+    #[test]
+    fn nesting_depth_ignores_brackets_in_strings() {
+        assert_eq!(nesting_depth("1"), 0);
+        assert_eq!(nesting_depth(r#"{"a":[1,{"b":[]}]}"#), 4);
+        assert_eq!(nesting_depth(r#"["[[[[\"]]]"]"#), 1);
+        let deep = format!("{}{}", "[".repeat(65), "]".repeat(65));
+        assert!(JobSpec::new(raw(&deep), None, None).is_err());
+        let ok = format!("{}{}", "[".repeat(64), "]".repeat(64));
+        assert!(JobSpec::new(raw(&ok), None, None).is_ok());
+    }
+
+    #[test]
+    fn idempotency_keys() {
+        assert!(IdempotencyKey::parse("order-42").is_ok());
+        assert!(IdempotencyKey::parse("").is_err());
+        assert!(IdempotencyKey::parse("has space").is_err());
+        assert!(IdempotencyKey::parse("é").is_err());
+        assert!(IdempotencyKey::parse(&"k".repeat(256)).is_err());
+        assert!(IdempotencyKey::parse(&"k".repeat(255)).is_ok());
+    }
+}

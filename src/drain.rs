@@ -1,0 +1,366 @@
+//! The drain engine: reclaim expired leases, then move queued jobs from SQS
+//! to the downstream while `dispatching + running < limit`.
+//!
+//! The limit is enforced by `store::reserve`, under the gate lock, never
+//! here: this module only decides how many messages to ask SQS for and what
+//! to do with each message afterwards. [`drain`] is one unit of work, so tests
+//! can step it deterministically.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::{
+    callback_token,
+    domain::JobStatus,
+    downstream::{Outcome, Submission},
+    queue::{Received, SQS_BATCH},
+    state::AppState,
+    store::{self, Reserved, Transition},
+};
+
+/// Why a drain stopped taking jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    AtCapacity,
+    QueueEmpty,
+    TimeBudget,
+    DownstreamBusy,
+}
+
+/// The answer of `POST /drain`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DrainReport {
+    /// Jobs handed to the downstream by this drain: accepted (2xx), or still
+    /// being submitted when the time budget ran out.
+    pub dispatched: i64,
+    /// Slots freed because a lease ran out.
+    pub reclaimed: i64,
+    /// Jobs dispatching or running when the drain answered.
+    pub running: i64,
+    pub limit: i64,
+    pub stop_reason: StopReason,
+}
+
+/// Retry back-off after a failed attempt: `BASE * 2^(attempt-1)`, capped,
+/// with jitter in [50%, 100%].
+const BACKOFF_BASE: Duration = Duration::from_secs(1);
+const BACKOFF_CAP: Duration = Duration::from_secs(300);
+
+/// What to do with a job's SQS message once its submission is decided.
+#[derive(Debug, Clone)]
+enum MessageAction {
+    Delete(String),
+    Release(String, Duration),
+    /// Leave it hidden: it comes back when its visibility ends.
+    Leave,
+}
+
+struct Finished {
+    action: MessageAction,
+    outcome: Outcome,
+}
+
+pub fn backoff(attempt: i32) -> Duration {
+    let exp = BACKOFF_BASE
+        .saturating_mul(1u32 << (attempt.clamp(1, 20) - 1) as u32)
+        .min(BACKOFF_CAP);
+    exp.mul_f64(rand::rng().random_range(0.5..=1.0))
+}
+
+/// How long a reserved job may stay `dispatching` before its slot is
+/// reclaimed, and how long a received message stays hidden.
+fn dispatch_lease(state: &AppState) -> Duration {
+    state.config.dispatch_timeout() + Duration::from_secs(60)
+}
+
+/// One drain: answers within `DRAIN_BUDGET_MS`. Submissions still in flight
+/// then go on in the background (tracked by `state.tasks`).
+pub async fn drain(state: &AppState) -> anyhow::Result<DrainReport> {
+    let started = Instant::now();
+    let budget = state.config.drain_budget();
+    let margin = (budget / 10).min(Duration::from_millis(300));
+    let answer_by = started + budget - margin;
+    let stop_taking_by = started + budget.mul_f64(0.7);
+
+    let reclaimed = store::reclaim_expired(&state.db).await?;
+    if reclaimed > 0 {
+        tracing::info!(reclaimed, "reclaimed slots of expired leases");
+    }
+
+    let (tx, mut rx) = mpsc::unbounded_channel::<Finished>();
+    let mut in_flight = 0usize;
+    let mut accepted = 0i64;
+    let mut busy = false;
+    let mut to_delete = Vec::new();
+    let mut to_release = Vec::new();
+    let collect =
+        |f: Finished, accepted: &mut i64, busy: &mut bool, d: &mut Vec<String>, r: &mut Vec<(String, Duration)>| {
+            match f.outcome {
+                Outcome::Accepted(_) => *accepted += 1,
+                Outcome::Busy { .. } => *busy = true,
+                _ => {}
+            }
+            match f.action {
+                MessageAction::Delete(m) => d.push(m),
+                MessageAction::Release(m, delay) => r.push((m, delay)),
+                MessageAction::Leave => {}
+            }
+        };
+
+    let stop_reason = loop {
+        while let Ok(f) = rx.try_recv() {
+            in_flight -= 1;
+            collect(f, &mut accepted, &mut busy, &mut to_delete, &mut to_release);
+        }
+        if busy {
+            break StopReason::DownstreamBusy;
+        }
+        if Instant::now() >= stop_taking_by {
+            break StopReason::TimeBudget;
+        }
+        let (limit, live) = store::capacity(&state.db).await?;
+        let free = (i64::from(limit) - live).max(0) as usize;
+        if free == 0 {
+            break StopReason::AtCapacity;
+        }
+        let messages = state.queue.receive(free.min(SQS_BATCH), dispatch_lease(state)).await?;
+        if messages.is_empty() {
+            break StopReason::QueueEmpty;
+        }
+        let (reserved, short_of_capacity) = reserve_for(state, messages, &mut to_delete, &mut to_release).await?;
+        for (job, receipt) in reserved {
+            in_flight += 1;
+            let (state, tx) = (state.clone(), tx.clone());
+            state.tasks.clone().spawn(async move {
+                let finished = dispatch(&state, job, receipt).await;
+                // Once the drain has answered, the task acts on the message itself.
+                if let Err(mpsc::error::SendError(f)) = tx.send(finished) {
+                    act(&state, vec![f.action]).await;
+                }
+            });
+        }
+        if short_of_capacity {
+            break StopReason::AtCapacity;
+        }
+    };
+    drop(tx);
+
+    // Wait for the submissions under way, as long as the budget allows.
+    while in_flight > 0 {
+        match tokio::time::timeout_at(answer_by.into(), rx.recv()).await {
+            Ok(Some(f)) => {
+                in_flight -= 1;
+                collect(f, &mut accepted, &mut busy, &mut to_delete, &mut to_release);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    rx.close();
+    while let Ok(f) = rx.try_recv() {
+        in_flight -= 1;
+        collect(f, &mut accepted, &mut busy, &mut to_delete, &mut to_release);
+    }
+    tokio::join!(state.queue.delete(&to_delete), state.queue.release(&to_release));
+
+    let stop_reason = if busy { StopReason::DownstreamBusy } else { stop_reason };
+    let (limit, live) = store::capacity(&state.db).await?;
+    metrics::gauge!("sluicegate_running").set(live as f64);
+    metrics::gauge!("sluicegate_limit").set(f64::from(limit));
+    metrics::histogram!("sluicegate_drain_duration_seconds").record(started.elapsed().as_secs_f64());
+    Ok(DrainReport {
+        dispatched: accepted + in_flight as i64,
+        reclaimed: reclaimed as i64,
+        running: live,
+        limit: limit.into(),
+        stop_reason,
+    })
+}
+
+/// Reserves slots for the received messages' jobs. Returns the reserved jobs
+/// with their message, and whether capacity ran out before every due job got
+/// a slot. Messages that need no dispatch are sorted into delete/release.
+async fn reserve_for(
+    state: &AppState,
+    messages: Vec<Received>,
+    to_delete: &mut Vec<String>,
+    to_release: &mut Vec<(String, Duration)>,
+) -> anyhow::Result<(Vec<(Reserved, String)>, bool)> {
+    let ids: Vec<Uuid> = messages.iter().filter_map(|m| m.job_id).collect();
+    let reserved = store::reserve(&state.db, &ids, dispatch_lease(state).as_secs_f64()).await?;
+    let states: HashMap<Uuid, (JobStatus, chrono::DateTime<chrono::Utc>)> = store::due_states(&state.db, &ids)
+        .await?
+        .into_iter()
+        .map(|(id, s, at)| (id, (s, at)))
+        .collect();
+
+    let mut receipts: HashMap<Uuid, String> = HashMap::new();
+    let mut short_of_capacity = false;
+    let now = chrono::Utc::now();
+    let orphan_grace = Duration::from_secs(state.config.orphan_message_grace_secs);
+    for m in messages {
+        let Some(id) = m.job_id else {
+            tracing::warn!("deleting an SQS message that does not name a job");
+            to_delete.push(m.receipt);
+            continue;
+        };
+        if reserved.iter().any(|r| r.id == id) && !receipts.contains_key(&id) {
+            receipts.insert(id, m.receipt);
+            continue;
+        }
+        match states.get(&id) {
+            None => {
+                let age = m.sent_at.map(|t| (now - t).to_std().unwrap_or_default());
+                if age.is_none_or(|a| a >= orphan_grace) {
+                    tracing::warn!(job_id = %id, "deleting an SQS message whose job does not exist");
+                    to_delete.push(m.receipt);
+                } else {
+                    to_release.push((m.receipt, Duration::from_secs(30)));
+                }
+            }
+            // Dispatched (or being dispatched) under another message: a
+            // duplicate delivery. Its own receipt is handled by that dispatch.
+            Some((JobStatus::Dispatching, _)) => {}
+            Some((s, _)) if s.is_terminal() || *s == JobStatus::Running => to_delete.push(m.receipt),
+            Some((_, due)) if *due > now => {
+                let wait = (*due - now).to_std().unwrap_or_default();
+                to_release.push((m.receipt, wait + Duration::from_millis(999)));
+            }
+            Some(_) => {
+                // Queued and due, but no slot was left for it.
+                short_of_capacity = true;
+                to_release.push((m.receipt, Duration::ZERO));
+            }
+        }
+    }
+    let reserved = reserved
+        .into_iter()
+        .map(|r| {
+            let receipt = receipts.remove(&r.id).expect("a reserved job came from a message");
+            (r, receipt)
+        })
+        .collect();
+    Ok((reserved, short_of_capacity))
+}
+
+/// Submits one reserved job and records what the downstream said.
+async fn dispatch(state: &AppState, job: Reserved, receipt: String) -> Finished {
+    let base = state.config.public_base_url();
+    let submission = Submission {
+        job_id: job.id,
+        attempt: job.attempt,
+        payload: &job.payload,
+        callback_url: format!("{base}/jobs/{}/callback", job.id),
+        heartbeat_url: format!("{base}/jobs/{}/heartbeat", job.id),
+        callback_token: callback_token::issue(&state.config.callback_secret, job.id, job.attempt),
+    };
+    let outcome = state.downstream.submit(&submission).await;
+    let reason = outcome.reason();
+    let from = [JobStatus::Dispatching];
+    let mut t = Transition::new(&from, JobStatus::Queued, &reason);
+    t.attempt = Some(job.attempt);
+    let mut release_after = None;
+    match &outcome {
+        Outcome::Accepted(_) => {
+            metrics::counter!("sluicegate_jobs_dispatched_total").increment(1);
+            t.to = JobStatus::Running;
+        }
+        Outcome::Busy { retry_after, .. } => {
+            let delay = retry_after.unwrap_or_default();
+            t.attempts_delta = -1;
+            t.delay_secs = delay.as_secs_f64();
+            release_after = Some(delay);
+        }
+        Outcome::Rejected { detail, .. } => {
+            t.to = JobStatus::Failed;
+            t.error = Some(detail);
+        }
+        Outcome::Transient { reason } => {
+            t.error = Some(reason);
+            if job.attempt >= job.max_attempts {
+                t.to = JobStatus::Failed;
+            } else {
+                let delay = backoff(job.attempt);
+                t.delay_secs = delay.as_secs_f64();
+                release_after = Some(delay);
+            }
+        }
+    }
+    let action = match apply_with_retry(state, job.id, &t).await {
+        Some(Some(done)) => {
+            if done.status.is_terminal() {
+                metrics::counter!("sluicegate_jobs_finished_total", "status" => done.status.as_str()).increment(1);
+            }
+            match release_after {
+                Some(delay) => MessageAction::Release(receipt, delay),
+                None => MessageAction::Delete(receipt),
+            }
+        }
+        // The job moved on meanwhile (a callback arrived first, or its lease
+        // was reclaimed): keep the message only if the job may still need it.
+        Some(None) => match store::attempt_of(&state.db, job.id).await {
+            Ok(Some((_, s))) if s.is_terminal() || s == JobStatus::Running => MessageAction::Delete(receipt),
+            _ => MessageAction::Leave,
+        },
+        // Postgres is unreachable: the job stays `dispatching` until its lease
+        // runs out; its message comes back by itself.
+        None => MessageAction::Leave,
+    };
+    Finished { action, outcome }
+}
+
+/// Applies a transition, retrying briefly through a Postgres blip.
+/// `None`: Postgres stayed unreachable.
+async fn apply_with_retry(state: &AppState, id: Uuid, t: &Transition<'_>) -> Option<Option<crate::domain::Job>> {
+    let mut delay = Duration::from_millis(100);
+    for _ in 0..5 {
+        match store::transition(&state.db, id, t).await {
+            Ok(r) => return Some(r),
+            Err(e) => {
+                tracing::warn!(job_id = %id, error = %e, "recording a submission outcome failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+        }
+    }
+    tracing::error!(job_id = %id, "could not record a submission outcome; the lease will reclaim the slot");
+    None
+}
+
+async fn act(state: &AppState, actions: Vec<MessageAction>) {
+    let mut delete = Vec::new();
+    let mut release = Vec::new();
+    for a in actions {
+        match a {
+            MessageAction::Delete(m) => delete.push(m),
+            MessageAction::Release(m, d) => release.push((m, d)),
+            MessageAction::Leave => {}
+        }
+    }
+    tokio::join!(state.queue.delete(&delete), state.queue.release(&release));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        for _ in 0..100 {
+            let d1 = backoff(1);
+            assert!(d1 >= Duration::from_millis(500) && d1 <= Duration::from_secs(1));
+            let d4 = backoff(4);
+            assert!(d4 >= Duration::from_secs(4) && d4 <= Duration::from_secs(8));
+            assert!(backoff(30) <= BACKOFF_CAP);
+            assert!(backoff(30) >= BACKOFF_CAP / 2);
+        }
+    }
+}

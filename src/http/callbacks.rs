@@ -1,0 +1,168 @@
+//! The downstream's side: callbacks and heartbeats, authenticated by the
+//! per-job, per-attempt callback token.
+
+use axum::{
+    Json,
+    extract::{FromRequestParts, State},
+    http::request::Parts,
+};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+
+use crate::{
+    auth::bearer,
+    callback_token,
+    domain::{Job, JobStatus},
+    error::{ApiError, ApiResult, Problem},
+    http::extract::ApiJson,
+    state::AppState,
+    store::{self, Transition},
+};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(callback))
+        .routes(routes!(heartbeat))
+}
+
+/// A caller holding the callback token of job `id` at its current attempt.
+/// Anything else, an unknown job or a malformed id included, is 401: the
+/// answer never tells whether a job exists.
+pub struct CallbackCaller {
+    pub id: Uuid,
+    pub attempt: i32,
+}
+
+impl FromRequestParts<AppState> for CallbackCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let Some(token) = bearer(&parts.headers).map(str::to_owned) else {
+            return Err(ApiError::Unauthorized { invalid_token: false });
+        };
+        let denied = ApiError::Unauthorized { invalid_token: true };
+        let axum::extract::Path(raw) = axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| denied)?;
+        let denied = ApiError::Unauthorized { invalid_token: true };
+        let Ok(id) = Uuid::parse_str(&raw) else {
+            return Err(denied);
+        };
+        let Some((attempt, _)) = store::attempt_of(&state.db, id).await? else {
+            return Err(denied);
+        };
+        if attempt < 1 || !callback_token::verify(&state.config.callback_secret, id, attempt, &token) {
+            return Err(denied);
+        }
+        Ok(CallbackCaller { id, attempt })
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FinalStatus {
+    Succeeded,
+    Failed,
+}
+
+/// How the job ended, as the downstream reports it.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"status": "succeeded", "result": {"frames": 1200}}))]
+pub struct CallbackBody {
+    pub status: FinalStatus,
+    /// Any JSON, stored and returned verbatim.
+    #[schema(value_type = Option<serde_json::Value>)]
+    pub result: Option<Box<RawValue>>,
+    #[schema(max_length = 10000)]
+    pub error: Option<String>,
+}
+
+pub const MAX_ERROR_LEN: usize = 10_000;
+
+/// Report the end of a job (downstream)
+///
+/// Accepted while the job is `dispatching` (the downstream may answer before
+/// its submission returns) or `running`. Repeating the same final status is a
+/// no-op (200); a different one is 409.
+#[utoipa::path(post, path = "/jobs/{id}/callback", tag = "downstream", operation_id = "reportJobResult",
+    params(("id" = Uuid, Path, description = "Job id")),
+    request_body = CallbackBody,
+    responses(
+        (status = 200, description = "The finished job", body = Job),
+        (status = 409, description = "The job already ended differently, or is not live", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid body", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("callback_token" = [])))]
+pub async fn callback(
+    State(state): State<AppState>,
+    caller: CallbackCaller,
+    ApiJson(body): ApiJson<CallbackBody>,
+) -> ApiResult<Json<Job>> {
+    if body.error.as_ref().is_some_and(|e| e.len() > MAX_ERROR_LEN) {
+        return Err(ApiError::Validation(format!("error: at most {MAX_ERROR_LEN} bytes")));
+    }
+    if body
+        .result
+        .as_ref()
+        .is_some_and(|r| crate::domain::nesting_depth(r.get()) > crate::domain::MAX_NESTING)
+    {
+        return Err(ApiError::Validation(format!(
+            "result: nested deeper than {} levels",
+            crate::domain::MAX_NESTING
+        )));
+    }
+    let to = match body.status {
+        FinalStatus::Succeeded => JobStatus::Succeeded,
+        FinalStatus::Failed => JobStatus::Failed,
+    };
+    let from = [JobStatus::Dispatching, JobStatus::Running];
+    let mut t = Transition::new(&from, to, "callback");
+    t.attempt = Some(caller.attempt);
+    t.error = body.error.as_deref();
+    t.result = body.result.as_deref();
+    if let Some(job) = store::transition(&state.db, caller.id, &t).await? {
+        metrics::counter!("sluicegate_jobs_finished_total", "status" => to.as_str()).increment(1);
+        if state.config.refill_on_callback {
+            state.refill.notify_one();
+        }
+        return Ok(Json(job));
+    }
+    let job = store::get_job(&state.db, caller.id)
+        .await?
+        .ok_or(ApiError::Unauthorized { invalid_token: true })?;
+    if job.status == to {
+        Ok(Json(job))
+    } else {
+        Err(ApiError::Conflict(format!(
+            "the job is {}; it cannot become {}",
+            job.status.as_str(),
+            to.as_str()
+        )))
+    }
+}
+
+/// Extend a job's lease (downstream)
+///
+/// Pushes the lease of a `dispatching` or `running` job out by its timeout.
+#[utoipa::path(post, path = "/jobs/{id}/heartbeat", tag = "downstream", operation_id = "heartbeatJob",
+    params(("id" = Uuid, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "The job, lease extended", body = Job),
+        (status = 409, description = "The job is not dispatching or running", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("callback_token" = [])))]
+pub async fn heartbeat(State(state): State<AppState>, caller: CallbackCaller) -> ApiResult<Json<Job>> {
+    if let Some(job) = store::heartbeat(&state.db, caller.id, caller.attempt).await? {
+        return Ok(Json(job));
+    }
+    let status = store::attempt_of(&state.db, caller.id)
+        .await?
+        .map_or("gone", |(_, s)| s.as_str());
+    Err(ApiError::Conflict(format!(
+        "the job is {status}; only a dispatching or running job has a lease"
+    )))
+}

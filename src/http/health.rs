@@ -1,0 +1,76 @@
+//! Probes and metrics: open endpoints, no credentials.
+
+use std::time::Duration;
+
+use axum::{Json, extract::State, http::header, response::IntoResponse};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::{error::ApiError, state::AppState};
+
+/// Liveness and Prometheus metrics: never shed under load.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(metrics))
+}
+
+/// Readiness: behind the in-flight cap, so an overloaded replica reports it.
+pub fn readiness_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(readyz))
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// `ok`
+    pub status: String,
+}
+
+/// Liveness
+///
+/// The process is up; no dependency is checked.
+#[utoipa::path(get, path = "/healthz", tag = "operations", operation_id = "healthz",
+    responses((status = 200, description = "Alive", body = Health)))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok".into() })
+}
+
+/// Readiness
+///
+/// Postgres and SQS are reachable. 503 names what is down.
+#[utoipa::path(get, path = "/readyz", tag = "operations", operation_id = "readyz",
+    responses(
+        (status = 200, description = "Ready", body = Health),
+        (status = 503, description = "A dependency is down (named in `detail`)", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
+    let timeout = Duration::from_secs(2);
+    let pg = tokio::time::timeout(timeout, sqlx::query("SELECT 1").execute(&state.db));
+    let sqs = tokio::time::timeout(timeout, state.queue.depth());
+    let (pg, sqs) = tokio::join!(pg, sqs);
+    let mut down = Vec::new();
+    if !matches!(pg, Ok(Ok(_))) {
+        down.push("postgres");
+    }
+    if !matches!(sqs, Ok(Ok(_))) {
+        down.push("sqs");
+    }
+    if down.is_empty() {
+        Ok(Json(Health { status: "ok".into() }))
+    } else {
+        Err(ApiError::Unavailable {
+            detail: format!("not ready: {} unreachable", down.join(" and ")),
+            retry_after_secs: 5,
+            cause: None,
+        })
+    }
+}
+
+/// Prometheus metrics
+#[utoipa::path(get, path = "/metrics", tag = "operations", operation_id = "metrics",
+    responses((status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain; version=0.0.4")))]
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        state.metrics.render(),
+    )
+}

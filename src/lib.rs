@@ -1,0 +1,22 @@
+//! sluicegate: a back-pressure control plane. Jobs submitted over REST wait
+//! in SQS and are handed to a downstream only while the number of jobs it is
+//! really running (tracked in Postgres from its callbacks) is under the limit.
+//!
+//! See ARCHITECTURE.md for the map of modules and the invariants.
+
+pub mod auth;
+pub mod callback_token;
+pub mod cli;
+pub mod config;
+pub mod demo_downstream;
+pub mod domain;
+pub mod downstream;
+pub mod drain;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod queue;
+pub mod startup;
+pub mod state;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,91 @@
+//! Thin entry point: parse the command line, then hand over to the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use sluicegate::{
+    cli::{Cli, Command, one_line_error},
+    startup::Application,
+};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            ) =>
+        {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("{}", one_line_error(&e));
+            return ExitCode::from(2);
+        }
+    };
+    sluicegate::telemetry::init();
+    let result = match cli.command {
+        Command::Openapi => {
+            print!("{}", sluicegate::http::openapi_json());
+            Ok(())
+        }
+        Command::Migrate { database_url } => migrate(database_url).await,
+        Command::DemoDownstream(args) => sluicegate::demo_downstream::run(args).await,
+        Command::Serve { config, no_migrate } => serve(*config, no_migrate).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn migrate(database_url: sluicegate::config::Secret) -> anyhow::Result<()> {
+    let db = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(database_url.expose())
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "DATABASE_URL: cannot connect to Postgres ({})",
+                sluicegate::startup::describe_db_error(&e)
+            )
+        })?;
+    sluicegate::startup::migrate(&db).await?;
+    tracing::info!("migrations applied");
+    Ok(())
+}
+
+async fn serve(config: sluicegate::config::Config, no_migrate: bool) -> anyhow::Result<()> {
+    let warnings = config
+        .validate()
+        .map_err(|e| anyhow::anyhow!("configuration error: {e}"))?;
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    let app = Application::build(config, !no_migrate).await?;
+    app.run_until(shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

@@ -1,0 +1,93 @@
+//! The Prometheus recorder (installed once per process) and the gauges
+//! sampled from the database and the queue.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::{state::AppState, store};
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+const DURATION_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Installs the global recorder on first use and returns its handle.
+pub fn recorder() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), DURATION_BUCKETS)
+                .expect("buckets are not empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (e.g. by an embedding
+            // program); then ours still renders what it records itself.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!("sluicegate_jobs_enqueued_total", "Jobs accepted and queued");
+    describe_counter!(
+        "sluicegate_jobs_dispatched_total",
+        "Submissions the downstream accepted (2xx)"
+    );
+    describe_counter!(
+        "sluicegate_jobs_finished_total",
+        "Jobs that reached a terminal status, by status"
+    );
+    describe_gauge!(
+        "sluicegate_running",
+        "Jobs counted against the limit (dispatching + running)"
+    );
+    describe_gauge!("sluicegate_limit", "The concurrency limit");
+    describe_gauge!(
+        "sluicegate_queue_depth",
+        "Approximate visible messages in the SQS queue"
+    );
+    describe_counter!("sluicegate_sqs_requests_total", "SQS API requests, by operation");
+    describe_histogram!(
+        "sluicegate_drain_duration_seconds",
+        Unit::Seconds,
+        "Duration of one drain"
+    );
+    describe_histogram!(
+        "sluicegate_downstream_request_duration_seconds",
+        Unit::Seconds,
+        "Duration of one submission to the downstream, by outcome"
+    );
+    describe_counter!(
+        "sluicegate_http_requests_total",
+        "HTTP requests, by method, route and status"
+    );
+    describe_histogram!(
+        "sluicegate_http_request_duration_seconds",
+        Unit::Seconds,
+        "HTTP request latency, by method, route and status"
+    );
+    describe_counter!(
+        "sluicegate_http_requests_shed_total",
+        "Requests refused because too many were in flight"
+    );
+    for name in ["sluicegate_jobs_enqueued_total", "sluicegate_jobs_dispatched_total"] {
+        metrics::counter!(name).increment(0);
+    }
+}
+
+/// Refreshes the gauges that mirror shared state (every replica reports the
+/// same values, read from Postgres and SQS).
+pub async fn sample(state: &AppState) {
+    if let Ok((limit, live)) = store::capacity(&state.db).await {
+        metrics::gauge!("sluicegate_running").set(live as f64);
+        metrics::gauge!("sluicegate_limit").set(f64::from(limit));
+    }
+    if let Ok(depth) = state.queue.depth().await {
+        metrics::gauge!("sluicegate_queue_depth").set(depth as f64);
+    }
+}

@@ -1,0 +1,267 @@
+//! The SQS queue jobs wait in. Messages carry only the job id; the job itself
+//! lives in Postgres. Every SQS API request is counted in
+//! `sluicegate_sqs_requests_total{operation}`.
+
+use std::time::Duration;
+
+use aws_sdk_sqs::{
+    Client,
+    types::{
+        ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, MessageSystemAttributeName,
+        QueueAttributeName, SendMessageBatchRequestEntry,
+    },
+};
+use chrono::{DateTime, Utc};
+use futures::future::join_all;
+use uuid::Uuid;
+
+/// SQS accepts at most 10 entries per batch request and per receive.
+pub const SQS_BATCH: usize = 10;
+/// SQS caps a visibility timeout at 12 hours.
+pub const MAX_VISIBILITY_SECS: i32 = 43_200;
+
+#[derive(Clone)]
+pub struct Queue {
+    client: Client,
+    url: String,
+}
+
+/// A received message.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// `None` when the body is not a job id (a foreign or corrupt message).
+    pub job_id: Option<Uuid>,
+    pub receipt: String,
+    pub sent_at: Option<DateTime<Utc>>,
+}
+
+fn count(operation: &'static str) {
+    metrics::counter!("sluicegate_sqs_requests_total", "operation" => operation).increment(1);
+}
+
+impl Queue {
+    pub fn new(client: Client, url: impl Into<String>) -> Self {
+        Self {
+            client,
+            url: url.into(),
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Sends one message per job id, in batches of 10 sent concurrently.
+    /// Returns the ids whose message could not be sent.
+    pub async fn send_job_ids(&self, ids: &[Uuid]) -> Vec<Uuid> {
+        let sends = ids.chunks(SQS_BATCH).map(|chunk| async move {
+            let entries: Vec<_> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, id)| {
+                    SendMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .message_body(id.to_string())
+                        .build()
+                        .expect("id and body are set")
+                })
+                .collect();
+            count("SendMessageBatch");
+            match self
+                .client
+                .send_message_batch()
+                .queue_url(&self.url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+            {
+                Ok(out) => out
+                    .failed()
+                    .iter()
+                    .filter_map(|f| f.id().parse::<usize>().ok().and_then(|i| chunk.get(i).copied()))
+                    .collect::<Vec<_>>(),
+                Err(e) => {
+                    tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "SendMessageBatch failed");
+                    chunk.to_vec()
+                }
+            }
+        });
+        join_all(sends).await.into_iter().flatten().collect()
+    }
+
+    /// Receives up to `max` (1..=10) messages without waiting, hiding them for
+    /// `visibility`.
+    pub async fn receive(&self, max: usize, visibility: Duration) -> anyhow::Result<Vec<Received>> {
+        count("ReceiveMessage");
+        let out = self
+            .client
+            .receive_message()
+            .queue_url(&self.url)
+            .max_number_of_messages(max.clamp(1, SQS_BATCH) as i32)
+            .visibility_timeout(visibility.as_secs().clamp(1, MAX_VISIBILITY_SECS as u64) as i32)
+            .wait_time_seconds(0)
+            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("ReceiveMessage: {}", aws_sdk_sqs::error::DisplayErrorContext(&e)))?;
+        Ok(out
+            .messages()
+            .iter()
+            .filter_map(|m| {
+                let receipt = m.receipt_handle()?.to_owned();
+                let job_id = m.body().and_then(|b| Uuid::parse_str(b.trim()).ok());
+                let sent_at = m
+                    .attributes()
+                    .and_then(|a| a.get(&MessageSystemAttributeName::SentTimestamp))
+                    .and_then(|t| t.parse::<i64>().ok())
+                    .and_then(DateTime::from_timestamp_millis);
+                Some(Received {
+                    job_id,
+                    receipt,
+                    sent_at,
+                })
+            })
+            .collect())
+    }
+
+    /// Deletes messages, in batches of 10. Failures are logged: a message
+    /// that survives is received again and then recognised as stale.
+    pub async fn delete(&self, receipts: &[String]) {
+        let deletes = receipts.chunks(SQS_BATCH).map(|chunk| async move {
+            let entries: Vec<_> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    DeleteMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(r)
+                        .build()
+                        .expect("set")
+                })
+                .collect();
+            count("DeleteMessageBatch");
+            match self
+                .client
+                .delete_message_batch()
+                .queue_url(&self.url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+            {
+                Ok(out) if !out.failed().is_empty() => {
+                    tracing::warn!(
+                        failed = out.failed().len(),
+                        "some SQS deletes failed; those messages will come back and be dropped then"
+                    )
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "DeleteMessageBatch failed")
+                }
+            }
+        });
+        join_all(deletes).await;
+    }
+
+    /// Makes messages visible again after `delay` (zero: now). Failures are
+    /// logged: the message then reappears when its current visibility ends.
+    pub async fn release(&self, receipts: &[(String, Duration)]) {
+        let changes = receipts.chunks(SQS_BATCH).map(|chunk| async move {
+            let entries: Vec<_> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, (r, delay))| {
+                    ChangeMessageVisibilityBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(r)
+                        .visibility_timeout(ceil_secs(*delay))
+                        .build()
+                        .expect("set")
+                })
+                .collect();
+            count("ChangeMessageVisibilityBatch");
+            if let Err(e) =
+                self.client.change_message_visibility_batch().queue_url(&self.url).set_entries(Some(entries)).send().await
+            {
+                tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "ChangeMessageVisibilityBatch failed");
+            }
+        });
+        join_all(changes).await;
+    }
+
+    /// Approximate number of visible messages.
+    pub async fn depth(&self) -> anyhow::Result<i64> {
+        count("GetQueueAttributes");
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("GetQueueAttributes: {}", aws_sdk_sqs::error::DisplayErrorContext(&e)))?;
+        Ok(out
+            .attributes()
+            .and_then(|a| a.get(&QueueAttributeName::ApproximateNumberOfMessages))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0))
+    }
+}
+
+/// SQS counts visibility in whole seconds: round up, so that a message never
+/// comes back before the job is due.
+fn ceil_secs(d: Duration) -> i32 {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    secs.min(MAX_VISIBILITY_SECS as u64) as i32
+}
+
+/// Builds the SQS client through the standard AWS SDK chain (region,
+/// credentials, `AWS_ENDPOINT_URL`), with an explicit endpoint if given.
+pub async fn sqs_client(endpoint_url: Option<&str>, queue_url: &str) -> Client {
+    let timeouts = aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .operation_attempt_timeout(Duration::from_secs(5))
+        .operation_timeout(Duration::from_secs(12))
+        .build();
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).timeout_config(timeouts);
+    if let Some(url) = endpoint_url {
+        loader = loader.endpoint_url(url);
+    }
+    let sdk = loader.load().await;
+    let mut conf = aws_sdk_sqs::config::Builder::from(&sdk);
+    if sdk.region().is_none() {
+        // No AWS_REGION: take it from an AWS queue URL
+        // (https://sqs.<region>.amazonaws.com/...); emulators accept any.
+        conf = conf.region(aws_sdk_sqs::config::Region::new(region_of_queue_url(queue_url)));
+    }
+    Client::from_conf(conf.build())
+}
+
+fn region_of_queue_url(queue_url: &str) -> String {
+    reqwest::Url::parse(queue_url)
+        .ok()
+        .and_then(|u| {
+            let host = u.host_str()?.to_owned();
+            let mut parts = host.split('.');
+            (parts.next() == Some("sqs"))
+                .then(|| parts.next().map(str::to_owned))
+                .flatten()
+        })
+        .filter(|r| r.contains('-'))
+        .unwrap_or_else(|| "us-east-1".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn region_comes_from_aws_queue_urls() {
+        assert_eq!(
+            super::region_of_queue_url("https://sqs.eu-west-3.amazonaws.com/123/jobs"),
+            "eu-west-3"
+        );
+        assert_eq!(
+            super::region_of_queue_url("http://127.0.0.1:4566/000000000000/jobs"),
+            "us-east-1"
+        );
+    }
+}

@@ -1,0 +1,206 @@
+//! Builds and runs the application. `Application::build` binds the listener
+//! (port 0 works: tests start the real server), `run_until` serves until the
+//! shutdown future resolves, then drains gracefully.
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use sqlx::{PgPool, postgres::PgPoolOptions};
+use tokio::{net::TcpListener, sync::Notify};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{config::Config, downstream::Downstream, queue::Queue, state::AppState, store};
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Applies pending migrations.
+pub async fn migrate(db: &PgPool) -> anyhow::Result<()> {
+    MIGRATOR.run(db).await.context("applying database migrations")
+}
+
+pub fn pool(config: &Config) -> anyhow::Result<PgPool> {
+    PgPoolOptions::new()
+        .max_connections(config.database_pool_size)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy(config.database_url.expose())
+        // The error may quote the URL: say what is wrong without it.
+        .map_err(|_| anyhow::anyhow!("DATABASE_URL: not a valid Postgres connection string"))
+}
+
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    /// Builds with the SQS client from the standard AWS SDK chain.
+    pub async fn build(config: Config, run_migrations: bool) -> anyhow::Result<Self> {
+        let sqs = crate::queue::sqs_client(config.aws_endpoint_url.as_deref(), &config.sqs_queue_url).await;
+        Self::build_with(config, sqs, run_migrations).await
+    }
+
+    /// Builds with a given SQS client (tests point it at an emulator).
+    pub async fn build_with(
+        mut config: Config,
+        sqs: aws_sdk_sqs::Client,
+        run_migrations: bool,
+    ) -> anyhow::Result<Self> {
+        let db = pool(&config)?;
+        if run_migrations {
+            migrate(&db).await?;
+        }
+        store::seed_limit(&db, config.max_concurrency)
+            .await
+            .context("reading the limit from the database")?;
+        let listener = TcpListener::bind(config.listen_addr)
+            .await
+            .with_context(|| format!("LISTEN_ADDR: cannot bind {}", config.listen_addr))?;
+        let local = listener.local_addr()?;
+        if config.public_base_url.is_none() {
+            config.public_base_url = Some(format!("http://{local}").parse().expect("a socket address makes a URL"));
+        }
+        let downstream = Downstream::new(config.downstream_url.clone(), config.dispatch_timeout())?;
+        let queue = Queue::new(sqs, config.sqs_queue_url.clone());
+        let state = AppState {
+            config: Arc::new(config),
+            db,
+            queue,
+            downstream,
+            tasks: TaskTracker::new(),
+            refill: Arc::new(Notify::new()),
+            metrics: crate::metrics::recorder(),
+            shutdown: CancellationToken::new(),
+        };
+        Ok(Self { listener, state })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves; then stops accepting, finishes the
+    /// requests and submissions in flight, and returns.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let state = self.state;
+        let background = spawn_background(&state);
+        let app = crate::http::router(state.clone());
+        tracing::info!(addr = %self.listener.local_addr()?, "sluicegate listening");
+        let cancel = state.shutdown.clone();
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                tracing::info!("shutting down: finishing requests and submissions in flight");
+                cancel.cancel();
+            })
+            .await?;
+        state.shutdown.cancel();
+        background.close();
+        background.wait().await;
+        state.tasks.close();
+        let grace = state.config.dispatch_timeout() + Duration::from_secs(5);
+        if tokio::time::timeout(grace, state.tasks.wait()).await.is_err() {
+            tracing::warn!("submissions still in flight at exit; their leases will reclaim the slots");
+        }
+        state.db.close().await;
+        Ok(())
+    }
+}
+
+/// The background loops: refill/ticker drains, the lease sweeper, and the
+/// gauge sampler with count compaction. All stop on `state.shutdown`.
+fn spawn_background(state: &AppState) -> TaskTracker {
+    let tracker = TaskTracker::new();
+    let s = state.clone();
+    tracker.spawn(async move { refill_loop(s).await });
+    let s = state.clone();
+    tracker.spawn(async move { lease_loop(s).await });
+    let s = state.clone();
+    tracker.spawn(async move { sample_loop(s).await });
+    tracker
+}
+
+/// Drains when woken by a callback or a limit change (coalesced: wake-ups
+/// during a drain collapse into one more drain) and, if configured, on the
+/// `DRAIN_INTERVAL_SECS` ticker.
+async fn refill_loop(state: AppState) {
+    let mut ticker = state.config.drain_interval_secs.map(|s| {
+        let mut t = tokio::time::interval(Duration::from_secs(s));
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
+    loop {
+        let tick = async {
+            match ticker.as_mut() {
+                Some(t) => {
+                    t.tick().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = state.refill.notified() => {}
+            _ = tick => {}
+        }
+        match crate::drain::drain(&state).await {
+            Ok(r) => tracing::debug!(dispatched = r.dispatched, stop_reason = ?r.stop_reason, "background drain"),
+            Err(e) => {
+                tracing::warn!(error = %e, "background drain failed");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+async fn lease_loop(state: AppState) {
+    let mut t = tokio::time::interval(Duration::from_secs(state.config.lease_sweep_interval_secs));
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = t.tick() => {}
+        }
+        match store::reclaim_expired(&state.db).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(reclaimed = n, "reclaimed slots of expired leases");
+                if state.config.refill_on_callback {
+                    state.refill.notify_one();
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "lease sweep failed"),
+        }
+    }
+}
+
+async fn sample_loop(state: AppState) {
+    let mut t = tokio::time::interval(Duration::from_secs(10));
+    let mut n = 0u64;
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = t.tick() => {}
+        }
+        crate::metrics::sample(&state).await;
+        if n % 6 == 0 {
+            if let Err(e) = store::compact_counts(&state.db).await {
+                tracing::warn!(error = %e, "compacting job counts failed");
+            }
+        }
+        n += 1;
+    }
+}
+
+/// A database error in words that never include the connection string.
+pub fn describe_db_error(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Io(io) => format!("{io}"),
+        sqlx::Error::Database(db) => db.message().to_owned(),
+        sqlx::Error::PoolTimedOut => "timed out".into(),
+        sqlx::Error::Configuration(_) => "invalid connection string".into(),
+        _ => "connection failed".into(),
+    }
+}

@@ -1,0 +1,26 @@
+//! The application state shared by handlers and background tasks.
+
+use std::sync::Arc;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{config::Config, downstream::Downstream, queue::Queue};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub db: PgPool,
+    pub queue: Queue,
+    pub downstream: Downstream,
+    /// Submissions still in flight after their drain answered; graceful
+    /// shutdown waits for them.
+    pub tasks: TaskTracker,
+    /// Wakes the refill task (coalesced: one permit at most).
+    pub refill: Arc<Notify>,
+    pub metrics: PrometheusHandle,
+    /// Cancelled when the process shuts down.
+    pub shutdown: CancellationToken,
+}

@@ -1,0 +1,418 @@
+//! All SQL lives here. Functions take `impl PgExecutor` so that they work on
+//! the pool or inside a transaction.
+//!
+//! Every change of a job's status goes through a statement that also writes
+//! the job's event (a data-modifying CTE), so history and state never diverge.
+
+use chrono::{DateTime, Utc};
+use serde_json::value::RawValue;
+use sqlx::{PgExecutor, PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+use crate::domain::{IdempotencyKey, Job, JobEvent, JobSpec, JobStatus};
+
+const JOB_COLUMNS: &str = "id, status, payload::text AS payload, attempts, created_at, started_at, \
+                           finished_at, result::text AS result, error";
+
+#[derive(sqlx::FromRow)]
+struct JobRow {
+    id: Uuid,
+    status: JobStatus,
+    payload: String,
+    attempts: i32,
+    created_at: DateTime<Utc>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+    result: Option<String>,
+    error: Option<String>,
+}
+
+impl From<JobRow> for Job {
+    fn from(r: JobRow) -> Self {
+        // The columns are of type json: Postgres has already validated them.
+        let raw = |s: String| RawValue::from_string(s).expect("a json column holds valid JSON");
+        Job {
+            id: r.id,
+            status: r.status,
+            payload: raw(r.payload),
+            attempts: r.attempts,
+            created_at: r.created_at,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+            result: r.result.map(raw),
+            error: r.error,
+        }
+    }
+}
+
+// ---------------------------------------------------------------- the limit
+
+/// Creates the limit from `MAX_CONCURRENCY` if the database has none yet.
+pub async fn seed_limit(ex: impl PgExecutor<'_>, max_concurrency: u32) -> sqlx::Result<()> {
+    sqlx::query("INSERT INTO gate (id, max_concurrency) VALUES (TRUE, $1) ON CONFLICT (id) DO NOTHING")
+        .bind(max_concurrency as i32)
+        .execute(ex)
+        .await?;
+    Ok(())
+}
+
+pub async fn get_limit(ex: impl PgExecutor<'_>) -> sqlx::Result<i32> {
+    sqlx::query_scalar("SELECT max_concurrency FROM gate")
+        .fetch_one(ex)
+        .await
+}
+
+/// Changes the limit. Takes the gate lock, so it is ordered with reservations.
+pub async fn set_limit(ex: impl PgExecutor<'_>, max_concurrency: i32) -> sqlx::Result<i32> {
+    sqlx::query_scalar("UPDATE gate SET max_concurrency = $1, updated_at = now() RETURNING max_concurrency")
+        .bind(max_concurrency)
+        .fetch_one(ex)
+        .await
+}
+
+/// `(limit, live)`: the limit and the number of jobs dispatching or running.
+pub async fn capacity(ex: impl PgExecutor<'_>) -> sqlx::Result<(i32, i64)> {
+    sqlx::query_as(
+        "SELECT (SELECT max_concurrency FROM gate), \
+                (SELECT count(*) FROM jobs WHERE status IN ('dispatching', 'running'))",
+    )
+    .fetch_one(ex)
+    .await
+}
+
+// ------------------------------------------------------------- enqueueing
+
+pub enum Inserted {
+    New(Job),
+    /// The idempotency key was already used; `same_request` tells whether
+    /// for the same body.
+    Existing {
+        job: Job,
+        same_request: bool,
+    },
+}
+
+/// Inserts a queued job and its first event, or finds the job that already
+/// holds the idempotency key (waiting for a concurrent insert of the same key
+/// to commit or roll back).
+pub async fn insert_job(
+    tx: &mut Transaction<'_, Postgres>,
+    id: Uuid,
+    spec: &JobSpec,
+    key: Option<&IdempotencyKey>,
+    default_timeout_secs: u32,
+    default_max_attempts: u32,
+) -> sqlx::Result<Inserted> {
+    let fingerprint = key.map(|_| spec.fingerprint());
+    let sql = format!(
+        "WITH ins AS ( \
+           INSERT INTO jobs (id, payload, timeout_secs, max_attempts, idempotency_key, request_hash) \
+           VALUES ($1, $2::text::json, $3, $4, $5, $6) \
+           ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
+           RETURNING *), \
+         ev AS (INSERT INTO job_events (job_id, from_status, to_status, attempt, reason) \
+                SELECT id, NULL, status, 0, 'submitted' FROM ins) \
+         SELECT {JOB_COLUMNS} FROM ins"
+    );
+    let row: Option<JobRow> = sqlx::query_as(&sql)
+        .bind(id)
+        .bind(spec.payload.get())
+        .bind(spec.timeout_secs.unwrap_or(default_timeout_secs) as i32)
+        .bind(spec.max_attempts.unwrap_or(default_max_attempts) as i32)
+        .bind(key.map(IdempotencyKey::as_str))
+        .bind(&fingerprint)
+        .fetch_optional(&mut **tx)
+        .await?;
+    if let Some(row) = row {
+        return Ok(Inserted::New(row.into()));
+    }
+    let key = key.expect("only an idempotency key can conflict");
+    let sql = format!("SELECT {JOB_COLUMNS}, request_hash FROM jobs WHERE idempotency_key = $1");
+    let (row, hash): (JobRow, Option<Vec<u8>>) = {
+        let r = sqlx::query(&sql).bind(key.as_str()).fetch_one(&mut **tx).await?;
+        use sqlx::{FromRow, Row};
+        (JobRow::from_row(&r)?, r.try_get("request_hash")?)
+    };
+    Ok(Inserted::Existing {
+        job: row.into(),
+        same_request: hash == fingerprint,
+    })
+}
+
+/// Removes jobs whose SQS message could not be sent, within the transaction
+/// that inserted them (so they never become visible).
+pub async fn delete_jobs(tx: &mut Transaction<'_, Postgres>, ids: &[Uuid]) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM jobs WHERE id = ANY($1)")
+        .bind(ids)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------- reading
+
+pub async fn get_job(ex: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<Job>> {
+    let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1");
+    Ok(sqlx::query_as::<_, JobRow>(&sql)
+        .bind(id)
+        .fetch_optional(ex)
+        .await?
+        .map(Job::from))
+}
+
+/// Newest first; `after` is the `(created_at, id)` of the last job of the
+/// previous page (keyset pagination: stable while jobs are inserted).
+pub async fn list_jobs(
+    ex: impl PgExecutor<'_>,
+    status: Option<JobStatus>,
+    after: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> sqlx::Result<Vec<Job>> {
+    let sql = format!(
+        "SELECT {JOB_COLUMNS} FROM jobs \
+         WHERE ($1::job_status IS NULL OR status = $1) \
+           AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3)) \
+         ORDER BY created_at DESC, id DESC LIMIT $4"
+    );
+    let rows = sqlx::query_as::<_, JobRow>(&sql)
+        .bind(status)
+        .bind(after.map(|a| a.0))
+        .bind(after.map(|a| a.1))
+        .bind(limit)
+        .fetch_all(ex)
+        .await?;
+    Ok(rows.into_iter().map(Job::from).collect())
+}
+
+pub async fn job_events(ex: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Vec<JobEvent>> {
+    sqlx::query_as(
+        "SELECT at, from_status AS \"from\", to_status AS \"to\", attempt, reason \
+         FROM job_events WHERE job_id = $1 ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(ex)
+    .await
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Counts {
+    pub by_status: Vec<(JobStatus, i64)>,
+}
+
+impl Counts {
+    pub fn get(&self, status: JobStatus) -> i64 {
+        self.by_status.iter().find(|(s, _)| *s == status).map_or(0, |(_, n)| *n)
+    }
+}
+
+/// Jobs per status, from the appended deltas (no scan of the jobs table).
+pub async fn counts(ex: impl PgExecutor<'_>) -> sqlx::Result<Counts> {
+    let rows: Vec<(JobStatus, i64)> =
+        sqlx::query_as("SELECT status, sum(delta)::bigint FROM job_count_deltas GROUP BY status")
+            .fetch_all(ex)
+            .await?;
+    Ok(Counts { by_status: rows })
+}
+
+/// Folds the per-status deltas into one row per status.
+pub async fn compact_counts(ex: impl PgExecutor<'_>) -> sqlx::Result<()> {
+    sqlx::query("SELECT compact_job_counts()").execute(ex).await?;
+    Ok(())
+}
+
+// ------------------------------------------------------------ transitions
+
+/// One change of a job's state, applied only if the job is in one of `from`
+/// (and, when given, at that attempt): the attempt number fences off stale
+/// actors, such as the callback of an earlier attempt.
+pub struct Transition<'a> {
+    pub from: &'a [JobStatus],
+    pub attempt: Option<i32>,
+    pub to: JobStatus,
+    pub reason: &'a str,
+    pub error: Option<&'a str>,
+    pub result: Option<&'a RawValue>,
+    /// Added to `attempts` (-1 gives back the attempt of a busy answer).
+    pub attempts_delta: i32,
+    /// For `queued`: seconds before the job may be dispatched again.
+    pub delay_secs: f64,
+}
+
+impl<'a> Transition<'a> {
+    pub fn new(from: &'a [JobStatus], to: JobStatus, reason: &'a str) -> Self {
+        Self {
+            from,
+            attempt: None,
+            to,
+            reason,
+            error: None,
+            result: None,
+            attempts_delta: 0,
+            delay_secs: 0.0,
+        }
+    }
+}
+
+/// Applies `t` to job `id`; `None` if the job is not in a state it applies to.
+pub async fn transition(ex: impl PgExecutor<'_>, id: Uuid, t: &Transition<'_>) -> sqlx::Result<Option<Job>> {
+    let sql = format!(
+        "WITH prev AS ( \
+           SELECT id, status FROM jobs \
+           WHERE id = $1 AND ($2::int IS NULL OR attempts = $2) AND status = ANY($3::job_status[]) \
+           FOR UPDATE), \
+         upd AS ( \
+           UPDATE jobs j SET \
+             status = $4, \
+             attempts = j.attempts + $8, \
+             error = $6, \
+             result = COALESCE($7::text::json, j.result), \
+             started_at = CASE WHEN $4 IN ('running', 'succeeded', 'failed') AND prev.status IN ('dispatching', 'running') \
+                               THEN COALESCE(j.started_at, now()) ELSE j.started_at END, \
+             finished_at = CASE WHEN $4 IN ('succeeded', 'failed', 'timed_out', 'cancelled') THEN now() END, \
+             lease_expires_at = CASE WHEN $4 = 'running' THEN now() + make_interval(secs => j.timeout_secs) END, \
+             available_at = now() + make_interval(secs => $9) \
+           FROM prev WHERE j.id = prev.id \
+           RETURNING j.*, prev.status AS from_status), \
+         ev AS (INSERT INTO job_events (job_id, from_status, to_status, attempt, reason) \
+                SELECT id, from_status, status, attempts, $5 FROM upd) \
+         SELECT {JOB_COLUMNS} FROM upd"
+    );
+    let row = sqlx::query_as::<_, JobRow>(&sql)
+        .bind(id)
+        .bind(t.attempt)
+        .bind(t.from)
+        .bind(t.to)
+        .bind(t.reason)
+        .bind(t.error)
+        .bind(t.result.map(RawValue::get))
+        .bind(t.attempts_delta)
+        .bind(t.delay_secs)
+        .fetch_optional(ex)
+        .await?;
+    Ok(row.map(Job::from))
+}
+
+/// Extends the lease of a live job at this attempt by its timeout.
+pub async fn heartbeat(ex: impl PgExecutor<'_>, id: Uuid, attempt: i32) -> sqlx::Result<Option<Job>> {
+    let sql = format!(
+        "UPDATE jobs SET lease_expires_at = now() + make_interval(secs => timeout_secs) \
+         WHERE id = $1 AND attempts = $2 AND status IN ('dispatching', 'running') RETURNING {JOB_COLUMNS}"
+    );
+    Ok(sqlx::query_as::<_, JobRow>(&sql)
+        .bind(id)
+        .bind(attempt)
+        .fetch_optional(ex)
+        .await?
+        .map(Job::from))
+}
+
+/// The attempt a live credential must be for, and the job's status.
+pub async fn attempt_of(ex: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<(i32, JobStatus)>> {
+    sqlx::query_as("SELECT attempts, status FROM jobs WHERE id = $1")
+        .bind(id)
+        .fetch_optional(ex)
+        .await
+}
+
+// ----------------------------------------------------------- the drain
+
+/// A job whose slot was reserved: it is now `dispatching` at `attempt`.
+#[derive(Debug)]
+pub struct Reserved {
+    pub id: Uuid,
+    pub attempt: i32,
+    pub payload: Box<RawValue>,
+    pub max_attempts: i32,
+}
+
+/// Reserves slots for as many of `candidates` (queued and due) as the limit
+/// allows, marking them `dispatching`. This is the only place a job becomes
+/// live, and it runs under the gate lock: the live count read here cannot be
+/// changed by another reservation until this transaction commits.
+pub async fn reserve(pool: &PgPool, candidates: &[Uuid], dispatch_lease_secs: f64) -> sqlx::Result<Vec<Reserved>> {
+    let mut tx = pool.begin().await?;
+    // Statement 1 takes the lock; statement 2 starts after it is granted, so
+    // its snapshot sees every reservation committed before (READ COMMITTED).
+    sqlx::query("SELECT 1 FROM gate FOR UPDATE").execute(&mut *tx).await?;
+    let rows: Vec<(Uuid, i32, String, i32)> = sqlx::query_as(
+        "WITH free AS ( \
+           SELECT GREATEST((SELECT max_concurrency FROM gate) \
+                  - (SELECT count(*) FROM jobs WHERE status IN ('dispatching', 'running')), 0) AS n), \
+         picked AS ( \
+           SELECT id FROM jobs \
+           WHERE id = ANY($1) AND status = 'queued' AND available_at <= now() \
+           ORDER BY created_at, id LIMIT (SELECT n FROM free) \
+           FOR UPDATE), \
+         upd AS ( \
+           UPDATE jobs j SET status = 'dispatching', attempts = j.attempts + 1, \
+                  lease_expires_at = now() + make_interval(secs => $2) \
+           FROM picked WHERE j.id = picked.id \
+           RETURNING j.id, j.attempts, j.payload::text AS payload, j.max_attempts), \
+         ev AS (INSERT INTO job_events (job_id, from_status, to_status, attempt, reason) \
+                SELECT id, 'queued', 'dispatching', attempts, 'slot reserved by drain' FROM upd) \
+         SELECT id, attempts, payload, max_attempts FROM upd",
+    )
+    .bind(candidates)
+    .bind(dispatch_lease_secs)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, attempt, payload, max_attempts)| Reserved {
+            id,
+            attempt,
+            payload: RawValue::from_string(payload).expect("a json column holds valid JSON"),
+            max_attempts,
+        })
+        .collect())
+}
+
+/// Status and due time of the jobs named by received messages.
+pub async fn due_states(ex: impl PgExecutor<'_>, ids: &[Uuid]) -> sqlx::Result<Vec<(Uuid, JobStatus, DateTime<Utc>)>> {
+    sqlx::query_as("SELECT id, status, available_at FROM jobs WHERE id = ANY($1)")
+        .bind(ids)
+        .fetch_all(ex)
+        .await
+}
+
+/// Frees the slots of live jobs whose lease ran out: a running job becomes
+/// `timed_out`; a job stuck in `dispatching` (its replica died mid-submission)
+/// goes back to `queued` (its SQS message was never deleted) or, out of
+/// attempts, `failed`. Returns how many were reclaimed.
+pub async fn reclaim_expired(ex: impl PgExecutor<'_>) -> sqlx::Result<u64> {
+    let n: i64 = sqlx::query_scalar(
+        "WITH expired AS ( \
+           SELECT id, status FROM jobs \
+           WHERE status IN ('dispatching', 'running') AND lease_expires_at < now() \
+           FOR UPDATE SKIP LOCKED), \
+         upd AS ( \
+           UPDATE jobs j SET \
+             status = CASE WHEN e.status = 'running' THEN 'timed_out'::job_status \
+                           WHEN j.attempts >= j.max_attempts THEN 'failed'::job_status \
+                           ELSE 'queued'::job_status END, \
+             error = CASE WHEN e.status = 'running' THEN 'lease expired: no callback or heartbeat in time' \
+                          ELSE 'dispatch lease expired: the submission never completed' END, \
+             finished_at = CASE WHEN e.status = 'running' OR j.attempts >= j.max_attempts THEN now() END, \
+             lease_expires_at = NULL, \
+             available_at = now() \
+           FROM expired e WHERE j.id = e.id \
+           RETURNING j.id, e.status AS from_status, j.status, j.attempts), \
+         ev AS (INSERT INTO job_events (job_id, from_status, to_status, attempt, reason) \
+                SELECT id, from_status, status, attempts, \
+                       CASE WHEN from_status = 'running' THEN 'lease expired' ELSE 'dispatch lease expired' END \
+                FROM upd) \
+         SELECT count(*) FROM upd",
+    )
+    .fetch_one(ex)
+    .await?;
+    Ok(n as u64)
+}
+
+/// Jobs per status counted from the rows (for checks and tests; `counts` is
+/// the fast path).
+pub async fn count_rows(ex: impl PgExecutor<'_>) -> sqlx::Result<Vec<(JobStatus, i64)>> {
+    sqlx::query_as("SELECT status, count(*) FROM jobs GROUP BY status")
+        .fetch_all(ex)
+        .await
+}

@@ -1,0 +1,173 @@
+//! Reading, listing, history and cancelling jobs.
+
+use std::collections::HashSet;
+
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn unknown_job_is_404() {
+    let app = app().spawn().await;
+    let id = uuid::Uuid::new_v4();
+    assert_problem(app.get(&format!("/jobs/{id}")).await, 404).await;
+    assert_problem(app.get(&format!("/jobs/{id}/events")).await, 404).await;
+    let r = app
+        .http
+        .post(app.url(&format!("/jobs/{id}/cancel")))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(r, 404).await;
+}
+
+async fn page(app: &TestApp, query: &str) -> (Vec<String>, Option<String>) {
+    let r = app.get(&format!("/jobs?{query}")).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    let ids = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_owned())
+        .collect();
+    (ids, v["next_cursor"].as_str().map(str::to_owned))
+}
+
+#[tokio::test]
+async fn listing_is_newest_first_and_pages_stay_stable_while_jobs_arrive() {
+    let app = app().spawn().await;
+    let mut created = Vec::new();
+    for i in 0..7 {
+        created.push(app.submit(json!(i)).await["id"].as_str().unwrap().to_owned());
+    }
+    let (all, next) = page(&app, "").await;
+    assert_eq!(next, None);
+    let newest_first: Vec<String> = created.iter().rev().cloned().collect();
+    assert_eq!(all, newest_first);
+
+    let mut seen = Vec::new();
+    let (ids, mut cursor) = page(&app, "limit=3").await;
+    seen.extend(ids);
+    while let Some(c) = cursor {
+        // New jobs arriving between pages do not shift the pages.
+        app.submit(json!("late")).await;
+        let (ids, next) = page(&app, &format!("limit=3&cursor={c}")).await;
+        seen.extend(ids);
+        cursor = next;
+    }
+    assert_eq!(seen, newest_first);
+    assert_eq!(seen.iter().collect::<HashSet<_>>().len(), 7);
+}
+
+#[tokio::test]
+async fn listing_filters_by_status() {
+    let app = app().spawn().await;
+    let a = app.submit(json!("a")).await["id"].as_str().unwrap().to_owned();
+    let b = app.submit(json!("b")).await["id"].as_str().unwrap().to_owned();
+    let r = app
+        .http
+        .post(app.url(&format!("/jobs/{a}/cancel")))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(page(&app, "status=cancelled").await.0, vec![a]);
+    assert_eq!(page(&app, "status=queued").await.0, vec![b]);
+    assert!(page(&app, "status=running&limit=1000").await.0.is_empty());
+}
+
+#[tokio::test]
+async fn cancel_works_only_from_queued() {
+    let app = app().spawn().await;
+    for status in [
+        "dispatching",
+        "running",
+        "succeeded",
+        "failed",
+        "timed_out",
+        "cancelled",
+    ] {
+        let id = app.submit(json!(status)).await["id"].as_str().unwrap().to_owned();
+        sqlx::query("UPDATE jobs SET status = $1::job_status WHERE id = $2::uuid")
+            .bind(status)
+            .bind(&id)
+            .execute(&app.db)
+            .await
+            .unwrap();
+        let r = app
+            .http
+            .post(app.url(&format!("/jobs/{id}/cancel")))
+            .bearer_auth(API_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        let p = assert_problem(r, 409).await;
+        assert!(p["detail"].as_str().unwrap().contains(status), "{p}");
+        assert_eq!(app.status_of(&id).await, status);
+    }
+    let id = app.submit(json!("q")).await["id"].as_str().unwrap().to_owned();
+    let r = app
+        .http
+        .post(app.url(&format!("/jobs/{id}/cancel")))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let job: Value = r.json().await.unwrap();
+    assert_eq!(job["status"], "cancelled");
+    assert!(job["finished_at"].is_string());
+    let events = app.events(&id).await;
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[1]["from"], "queued");
+    assert_eq!(events[1]["to"], "cancelled");
+    assert_eq!(events[1]["reason"], "cancelled by client");
+}
+
+#[tokio::test]
+async fn stats_count_every_job() {
+    let app = app().spawn().await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(app.submit(json!(i)).await["id"].as_str().unwrap().to_owned());
+    }
+    app.http
+        .post(app.url(&format!("/jobs/{}/cancel", ids[0])))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    sqlx::query("UPDATE jobs SET status = 'running' WHERE id = $1::uuid")
+        .bind(&ids[1])
+        .execute(&app.db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE jobs SET status = 'succeeded' WHERE id = $1::uuid")
+        .bind(&ids[2])
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let check = || async {
+        let s: Value = app.get("/stats").await.json().await.unwrap();
+        assert_eq!(s["limit"], 10);
+        assert_eq!(s["queued"], 2);
+        assert_eq!(s["running"], 1);
+        assert_eq!(s["succeeded"], 1);
+        assert_eq!(s["failed"], 0);
+        assert_eq!(s["timed_out"], 0);
+        assert_eq!(s["cancelled"], 1);
+        assert_eq!(s["queue_depth"], 5);
+    };
+    check().await;
+    // Compacting the counters changes nothing.
+    sluicegate::store::compact_counts(&app.db).await.unwrap();
+    check().await;
+    let deltas: i64 = sqlx::query_scalar("SELECT count(*) FROM job_count_deltas")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(deltas, 4, "one row per non-zero status after compaction");
+}
