@@ -4,7 +4,11 @@ mod helpers;
 
 mod auth;
 mod bad_input;
+mod callbacks;
+mod drain;
 mod enqueue;
 mod health;
 mod jobs;
+mod leases;
 mod limits;
+mod stress;

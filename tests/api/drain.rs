@@ -1,0 +1,368 @@
+//! The drain and the downstream protocol: every outcome of the table.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+fn id_of(job: &Value) -> String {
+    job["id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn an_accepted_submission_makes_the_job_running_and_deletes_its_message() {
+    let ds = Downstream::start(|_| Reply::status(202)).await;
+    let app = app().downstream(&ds.url).spawn().await;
+    let id = id_of(&app.submit(json!({"x": 1})).await);
+    let report = app.drain().await;
+    assert_eq!(
+        report,
+        json!({"dispatched": 1, "reclaimed": 0, "running": 1, "limit": 10, "stop_reason": "queue_empty"})
+    );
+
+    let seen = ds.seen();
+    assert_eq!(seen.len(), 1);
+    let s = &seen[0];
+    assert_eq!(s.content_type, "application/json");
+    assert_eq!(s.idempotency_key, format!("{id}:1"));
+    assert_eq!(s.body["job_id"], id.as_str());
+    assert_eq!(s.body["attempt"], 1);
+    assert_eq!(s.body["payload"], json!({"x": 1}));
+    assert_eq!(s.body["callback_url"], app.url(&format!("/jobs/{id}/callback")));
+    assert_eq!(s.body["heartbeat_url"], app.url(&format!("/jobs/{id}/heartbeat")));
+    assert!(s.body["callback_token"].as_str().is_some_and(|t| t.len() >= 32));
+
+    let job = app.job(&id).await;
+    assert_eq!(job["status"], "running");
+    assert_eq!(job["attempts"], 1);
+    assert!(job["started_at"].is_string());
+    assert!(app.receive_all(1).await.is_empty(), "the message is deleted");
+    let reasons: Vec<(Value, Value, String)> = app
+        .events(&id)
+        .await
+        .iter()
+        .map(|e| {
+            (
+                e["from"].clone(),
+                e["to"].clone(),
+                e["reason"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(reasons[0], (Value::Null, json!("queued"), "submitted".to_owned()));
+    assert_eq!(
+        (reasons[1].0.clone(), reasons[1].1.clone()),
+        (json!("queued"), json!("dispatching"))
+    );
+    assert_eq!(
+        reasons[2],
+        (json!("dispatching"), json!("running"), "downstream 202".to_owned())
+    );
+}
+
+#[tokio::test]
+async fn a_busy_downstream_gets_the_job_back_without_an_attempt_honouring_retry_after() {
+    let ds = Downstream::start(|_| Reply {
+        status: 503,
+        retry_after: Some("2".into()),
+        delay: Duration::ZERO,
+    })
+    .await;
+    let app = app().downstream(&ds.url).spawn().await;
+    let id = id_of(&app.submit(json!(1)).await);
+    let report = app.drain().await;
+    assert_eq!(report["stop_reason"], "downstream_busy");
+    assert_eq!(report["dispatched"], 0);
+    assert_eq!(report["running"], 0);
+    let job = app.job(&id).await;
+    assert_eq!(job["status"], "queued");
+    assert_eq!(job["attempts"], 0);
+    let last = app.events(&id).await.pop().unwrap();
+    assert_eq!(
+        (last["from"].as_str(), last["to"].as_str(), last["reason"].as_str()),
+        (Some("dispatching"), Some("queued"), Some("downstream 503"))
+    );
+
+    ds.set(|_| Reply::status(202));
+    // Not before Retry-After has passed.
+    let report = app.drain().await;
+    assert_eq!(report["dispatched"], 0);
+    assert_eq!(ds.seen().len(), 1);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let report = app.drain().await;
+    assert_eq!(report["dispatched"], 1);
+    let job = app.job(&id).await;
+    assert_eq!(
+        (job["status"].as_str(), job["attempts"].as_i64()),
+        (Some("running"), Some(1))
+    );
+}
+
+#[tokio::test]
+async fn a_429_without_retry_after_is_retried_at_the_next_drain() {
+    let ds = Downstream::start(|_| Reply::status(429)).await;
+    let app = app().downstream(&ds.url).spawn().await;
+    let id = id_of(&app.submit(json!(1)).await);
+    assert_eq!(app.drain().await["stop_reason"], "downstream_busy");
+    ds.set(|_| Reply::status(200));
+    assert_eq!(app.drain().await["dispatched"], 1);
+    assert_eq!(app.status_of(&id).await, "running");
+    assert_eq!(ds.seen().iter().map(|s| s.attempt).collect::<Vec<_>>(), vec![1, 1]);
+}
+
+#[tokio::test]
+async fn another_4xx_fails_the_job_and_deletes_its_message() {
+    let ds = Downstream::start(|_| Reply::status(422)).await;
+    let app = app().downstream(&ds.url).spawn().await;
+    let id = id_of(&app.submit(json!(1)).await);
+    let report = app.drain().await;
+    assert_eq!(report["dispatched"], 0);
+    assert_eq!(report["stop_reason"], "queue_empty");
+    let job = app.job(&id).await;
+    assert_eq!(job["status"], "failed");
+    assert_eq!(job["attempts"], 1);
+    assert!(job["error"].as_str().unwrap().contains("422"));
+    assert!(job["finished_at"].is_string());
+    assert!(app.receive_all(1).await.is_empty());
+    assert_eq!(app.events(&id).await.last().unwrap()["reason"], "downstream 422");
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_with_backoff_then_fail() {
+    let ds = Downstream::start(|_| Reply::status(500)).await;
+    let app = app().downstream(&ds.url).spawn().await;
+    let r = app.post_job(json!({"payload": 1, "max_attempts": 2})).await;
+    let id = id_of(&r.json().await.unwrap());
+    app.drain().await;
+    let job = app.job(&id).await;
+    assert_eq!(
+        (job["status"].as_str(), job["attempts"].as_i64()),
+        (Some("queued"), Some(1))
+    );
+    assert_eq!(job["error"], "downstream 500");
+    // Backed off: not retried at once.
+    app.drain().await;
+    assert_eq!(ds.seen().len(), 1);
+    let started = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            app.drain().await;
+            ds.seen().len() == 2
+        })
+        .await
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "retried after a back-off"
+    );
+    let job = app.job(&id).await;
+    assert_eq!(
+        (job["status"].as_str(), job["attempts"].as_i64()),
+        (Some("failed"), Some(2))
+    );
+    assert_eq!(
+        ds.seen().iter().map(|s| s.idempotency_key.clone()).collect::<Vec<_>>(),
+        vec![format!("{id}:1"), format!("{id}:2")]
+    );
+    assert!(app.receive_all(1).await.is_empty());
+}
+
+#[tokio::test]
+async fn timeouts_and_connection_errors_use_an_attempt() {
+    let ds = Downstream::start(|_| Reply {
+        status: 202,
+        retry_after: None,
+        delay: Duration::from_secs(3),
+    })
+    .await;
+    let app = app()
+        .downstream(&ds.url)
+        .config(|c| c.dispatch_timeout_secs = 1)
+        .spawn()
+        .await;
+    let id = id_of(&app.submit(json!(1)).await);
+    app.drain().await;
+    let job = app.job(&id).await;
+    assert_eq!(
+        (job["status"].as_str(), job["attempts"].as_i64()),
+        (Some("queued"), Some(1))
+    );
+    assert_eq!(job["error"], "downstream timeout");
+
+    let app = crate::helpers::app().downstream("http://127.0.0.1:9/").spawn().await;
+    let id = id_of(&app.submit(json!(1)).await);
+    app.drain().await;
+    let job = app.job(&id).await;
+    assert_eq!(
+        (job["status"].as_str(), job["attempts"].as_i64()),
+        (Some("queued"), Some(1))
+    );
+    assert_eq!(job["error"], "downstream connection error");
+}
+
+#[tokio::test]
+async fn the_drain_answers_within_its_budget_and_finishes_in_the_background() {
+    let ds = Downstream::start(|_| Reply {
+        status: 202,
+        retry_after: None,
+        delay: Duration::from_secs(2),
+    })
+    .await;
+    let app = app()
+        .downstream(&ds.url)
+        .config(|c| c.drain_budget_ms = 800)
+        .spawn()
+        .await;
+    let id = id_of(&app.submit(json!(1)).await);
+    let started = Instant::now();
+    let report = app.drain().await;
+    assert!(
+        started.elapsed() < Duration::from_millis(1200),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(report["dispatched"], 1, "still being submitted counts");
+    assert_eq!(report["running"], 1, "a dispatching job holds its slot");
+    assert_eq!(app.status_of(&id).await, "dispatching");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            app.status_of(&id).await == "running"
+        })
+        .await
+    );
+    assert!(eventually(Duration::from_secs(5), || async { app.receive_all(1).await.is_empty() }).await);
+}
+
+#[tokio::test]
+async fn the_limit_caps_what_is_dispatched() {
+    let ds = Downstream::start(|_| Reply::status(202)).await;
+    let app = app()
+        .downstream(&ds.url)
+        .config(|c| c.max_concurrency = 3)
+        .spawn()
+        .await;
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(id_of(&app.submit(json!(i)).await));
+    }
+    let report = app.drain().await;
+    assert_eq!(
+        report,
+        json!({"dispatched": 3, "reclaimed": 0, "running": 3, "limit": 3, "stop_reason": "at_capacity"})
+    );
+    assert_eq!(app.drain().await["dispatched"], 0);
+    assert_eq!(ds.seen().len(), 3);
+
+    // Lowering below the number running stops new dispatches...
+    app.set_limit(1).await;
+    let held: Vec<String> = ds.seen().iter().map(|s| s.job_id.clone()).collect();
+    let r = app
+        .callback(&held[0], &ds.token_for(&held[0]), json!({"status": "succeeded"}))
+        .await;
+    assert_eq!(r.status(), 200);
+    let report = app.drain().await;
+    assert_eq!(
+        (
+            report["dispatched"].as_i64(),
+            report["running"].as_i64(),
+            report["stop_reason"].as_str()
+        ),
+        (Some(0), Some(2), Some("at_capacity"))
+    );
+    // ...0 pauses...
+    app.set_limit(0).await;
+    for h in &held[1..] {
+        app.callback(h, &ds.token_for(h), json!({"status": "failed", "error": "x"}))
+            .await;
+    }
+    let report = app.drain().await;
+    assert_eq!(
+        (
+            report["dispatched"].as_i64(),
+            report["running"].as_i64(),
+            report["stop_reason"].as_str()
+        ),
+        (Some(0), Some(0), Some("at_capacity"))
+    );
+    // ...and raising it lets the rest through.
+    app.set_limit(5).await;
+    let report = app.drain().await;
+    assert_eq!(
+        (report["dispatched"].as_i64(), report["stop_reason"].as_str()),
+        (Some(3), Some("queue_empty"))
+    );
+    assert_eq!(ds.seen().len(), 6);
+}
+
+#[tokio::test]
+async fn messages_of_unknown_finished_or_cancelled_jobs_are_dropped_never_dispatched() {
+    let ds = Downstream::start(|_| Reply::status(202)).await;
+    let app = app()
+        .downstream(&ds.url)
+        .config(|c| c.orphan_message_grace_secs = 0)
+        .spawn()
+        .await;
+    let cancelled = id_of(&app.submit(json!(1)).await);
+    let r = app
+        .http
+        .post(app.url(&format!("/jobs/{cancelled}/cancel")))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    app.send_raw_message(&uuid::Uuid::new_v4().to_string()).await;
+    app.send_raw_message("not a job id").await;
+    let report = app.drain().await;
+    assert_eq!(report["dispatched"], 0);
+    assert_eq!(report["stop_reason"], "queue_empty");
+    assert!(ds.seen().is_empty());
+    assert!(app.receive_all(1).await.is_empty(), "all three messages are deleted");
+    assert_eq!(app.status_of(&cancelled).await, "cancelled");
+}
+
+#[tokio::test]
+async fn a_young_message_of_an_unknown_job_is_kept_for_its_grace_period() {
+    let ds = Downstream::start(|_| Reply::status(202)).await;
+    let app = app().downstream(&ds.url).spawn().await;
+    app.send_raw_message(&uuid::Uuid::new_v4().to_string()).await;
+    app.drain().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Hidden for a while, not deleted: it comes back after its visibility.
+    let n: i64 = app.state.queue.depth().await.unwrap();
+    let hidden: i64 = {
+        let out = app
+            .sqs
+            .get_queue_attributes()
+            .queue_url(&app.queue_url)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .unwrap();
+        out.attributes().unwrap()[&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible]
+            .parse()
+            .unwrap()
+    };
+    assert_eq!((n, hidden), (0, 1));
+}
+
+#[tokio::test]
+async fn bad_drain_bodies_are_refused_and_eventbridge_events_accepted() {
+    let app = app().spawn().await;
+    let post = |body: &'static str, ct: &'static str| {
+        app.http
+            .post(app.url("/drain"))
+            .bearer_auth(DRAIN_TOKEN)
+            .header("content-type", ct)
+            .body(body)
+            .send()
+    };
+    assert_eq!(post("", "application/json").await.unwrap().status(), 200);
+    let event = r#"{"version":"0","id":"x","detail-type":"Scheduled Event","source":"aws.events","time":"2026-11-26T00:00:00Z","region":"us-east-1","resources":[],"detail":{}}"#;
+    assert_eq!(
+        post(event, "application/json; charset=utf-8").await.unwrap().status(),
+        200
+    );
+    assert_problem(post("{not json", "application/json").await.unwrap(), 400).await;
+}

@@ -1,0 +1,287 @@
+//! The concurrency invariant under load: two replicas on one database and
+//! queue, four concurrent drain callers, a downstream that is slow, busy,
+//! failing, timing out and losing callbacks, and the limit changing.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+const JOBS: usize = 150;
+
+/// What the downstream holds and what it has seen, checked at every arrival.
+#[derive(Default)]
+struct Ledger {
+    held: HashSet<String>,
+    max_held: usize,
+    /// (when, limit) for every limit change, in order.
+    limits: Vec<(Instant, i64)>,
+    last_attempt: HashMap<String, i64>,
+    violations: Vec<String>,
+    arrivals: usize,
+}
+
+impl Ledger {
+    /// The largest limit in force at any time in `[t - window, t]`.
+    fn max_limit_since(&self, t: Instant, window: Duration) -> i64 {
+        let from = t - window;
+        let mut in_force = self
+            .limits
+            .iter()
+            .rev()
+            .find(|(at, _)| *at <= from)
+            .map(|(_, l)| *l)
+            .unwrap_or(0);
+        for (at, l) in &self.limits {
+            if *at > from && *at <= t {
+                in_force = in_force.max(*l);
+            }
+        }
+        in_force
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_limit_holds_with_two_replicas_racing_drains_and_a_hostile_downstream() {
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let rng = Arc::new(Mutex::new(StdRng::seed_from_u64(7)));
+    // The downstream's own work, finished by callbacks.
+    let (finish_tx, mut finish_rx) = tokio::sync::mpsc::unbounded_channel::<(Seen, Duration, bool)>();
+
+    let (l, r) = (ledger.clone(), rng.clone());
+    let ds = Downstream::start(move |s: &Seen| {
+        let mut ledger = l.lock().unwrap();
+        let now = Instant::now();
+        ledger.arrivals += 1;
+        if ledger.held.contains(&s.job_id) {
+            ledger
+                .violations
+                .push(format!("{} submitted again while attempt is still held", s.job_id));
+        }
+        if let Some(prev) = ledger.last_attempt.get(&s.job_id).copied() {
+            if s.attempt < prev {
+                ledger
+                    .violations
+                    .push(format!("{} attempt went back from {prev} to {}", s.job_id, s.attempt));
+            }
+        }
+        ledger.last_attempt.insert(s.job_id.clone(), s.attempt);
+        let roll: f64 = r.lock().unwrap().random();
+        let latency = Duration::from_millis(r.lock().unwrap().random_range(0..150));
+        let reply = |status| Reply {
+            status,
+            retry_after: None,
+            delay: latency,
+        };
+        match roll {
+            x if x < 0.10 => reply(429),
+            x if x < 0.18 => reply(500),
+            x if x < 0.22 => Reply {
+                status: 202,
+                retry_after: None,
+                delay: Duration::from_millis(1500),
+            }, // times out
+            x => {
+                // Accepted: held from now until it calls back (or loses it).
+                ledger.held.insert(s.job_id.clone());
+                ledger.max_held = ledger.max_held.max(ledger.held.len());
+                let allowed = ledger.max_limit_since(now, Duration::from_secs(3));
+                let held = ledger.held.len();
+                if held as i64 > allowed {
+                    ledger
+                        .violations
+                        .push(format!("held {held} jobs with a limit of {allowed}"));
+                }
+                let lose = x > 0.96;
+                let work = Duration::from_millis(r.lock().unwrap().random_range(20..400));
+                finish_tx.send((s.clone(), work, lose)).unwrap();
+                reply(202)
+            }
+        }
+    })
+    .await;
+
+    let a = Arc::new(
+        app()
+            .fast_sqs()
+            .downstream(&ds.url)
+            .config(|c| {
+                c.max_concurrency = 4;
+                c.dispatch_timeout_secs = 1;
+                c.drain_budget_ms = 1500;
+                c.refill_on_callback = true;
+                c.lease_sweep_interval_secs = 1;
+                c.max_attempts = 50;
+            })
+            .spawn()
+            .await,
+    );
+    let b = Arc::new(a.replica().await);
+    ledger
+        .lock()
+        .unwrap()
+        .limits
+        .push((Instant::now() - Duration::from_secs(10), 4));
+
+    // The downstream's workers: call back after the work (on either replica's
+    // URL, as given), or lose the job.
+    let (l, cb_http) = (ledger.clone(), a.http.clone());
+    let worker = tokio::spawn(async move {
+        while let Some((s, work, lose)) = finish_rx.recv().await {
+            let (l, http) = (l.clone(), cb_http.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(work).await;
+                if lose {
+                    l.lock().unwrap().held.remove(&s.job_id);
+                    return;
+                }
+                let status = if work.as_millis() % 5 == 0 {
+                    "failed"
+                } else {
+                    "succeeded"
+                };
+                let token = s.body["callback_token"].as_str().unwrap().to_owned();
+                // Released before the callback is sent: the slot is freed by it.
+                l.lock().unwrap().held.remove(&s.job_id);
+                let url = s.body["callback_url"].as_str().unwrap().to_owned();
+                let _ = http
+                    .post(url)
+                    .bearer_auth(token)
+                    .json(&json!({"status": status, "error": null}))
+                    .send()
+                    .await;
+            });
+        }
+    });
+
+    let jobs: Vec<Value> = (0..JOBS)
+        .map(|i| json!({"payload": {"i": i}, "timeout_secs": 2}))
+        .collect();
+    let r = a
+        .http
+        .post(a.url("/jobs/batch"))
+        .bearer_auth(API_TOKEN)
+        .json(&json!({"jobs": jobs}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let all_terminal = |app: Arc<TestApp>| async move {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM jobs WHERE status NOT IN ('succeeded', 'failed', 'timed_out', 'cancelled')",
+        )
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+        n == 0
+    };
+
+    // Four drain callers, alternating replicas.
+    let mut callers = Vec::new();
+    for k in 0..4 {
+        let app = if k % 2 == 0 { a.clone() } else { b.clone() };
+        callers.push(tokio::spawn(async move {
+            let mut drains = 0;
+            while Instant::now() < deadline {
+                let r = app
+                    .http
+                    .post(app.url("/drain"))
+                    .bearer_auth(DRAIN_TOKEN)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                let report: Value = r.json().await.unwrap();
+                assert!(report["running"].as_i64().unwrap() <= report["limit"].as_i64().unwrap().max(8));
+                drains += 1;
+                if drains % 10 == 0 && all_terminal(app.clone()).await {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            drains
+        }));
+    }
+    // Random limit changes while it runs, then a final generous limit so the
+    // backlog finishes.
+    let (l, changer_app) = (ledger.clone(), a.clone());
+    let changer = tokio::spawn(async move {
+        let mut rng = StdRng::seed_from_u64(11);
+        for _ in 0..15 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let limit = rng.random_range(0..=8);
+            l.lock().unwrap().limits.push((Instant::now(), limit));
+            changer_app.set_limit(limit).await;
+        }
+        l.lock().unwrap().limits.push((Instant::now(), 8));
+        changer_app.set_limit(8).await;
+    });
+    changer.await.unwrap();
+    let mut drains = 0;
+    for c in callers {
+        drains += c.await.unwrap();
+    }
+
+    // Also sample the database: live jobs never above the largest limit.
+    let live: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status IN ('dispatching', 'running')")
+        .fetch_one(&a.db)
+        .await
+        .unwrap();
+    assert!(live <= 8);
+
+    {
+        let ledger_now = ledger.lock().unwrap();
+        assert!(ledger_now.violations.is_empty(), "{:?}", ledger_now.violations);
+        assert!(
+            ledger_now.arrivals >= JOBS,
+            "every job reached the downstream at least once"
+        );
+        assert!(
+            ledger_now.max_held >= 2,
+            "the test exercised concurrency (max held {})",
+            ledger_now.max_held
+        );
+        eprintln!(
+            "stress: {drains} drains, {} arrivals, max held {}",
+            ledger_now.arrivals, ledger_now.max_held
+        );
+    }
+
+    assert!(all_terminal(a.clone()).await, "every job ends terminal");
+    // The counts in /stats equal the rows.
+    let rows: HashMap<String, i64> =
+        sqlx::query_as::<_, (String, i64)>("SELECT status::text, count(*) FROM jobs GROUP BY status")
+            .fetch_all(&a.db)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+    let stats: Value = a.get("/stats").await.json().await.unwrap();
+    for status in ["succeeded", "failed", "timed_out", "cancelled", "queued"] {
+        assert_eq!(
+            stats[status].as_i64().unwrap(),
+            rows.get(status).copied().unwrap_or(0),
+            "{status}"
+        );
+    }
+    assert_eq!(stats["running"], 0);
+    assert_eq!(rows.values().sum::<i64>(), JOBS as i64);
+    // Every state change is in the history: terminal jobs have one terminal event.
+    let bad: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM jobs j WHERE (SELECT count(*) FROM job_events e WHERE e.job_id = j.id \
+         AND e.to_status IN ('succeeded', 'failed', 'timed_out', 'cancelled')) <> 1",
+    )
+    .fetch_one(&a.db)
+    .await
+    .unwrap();
+    assert_eq!(bad, 0);
+    worker.abort();
+}
