@@ -90,13 +90,17 @@ impl Application {
         let app = crate::http::router(state.clone());
         tracing::info!(addr = %self.listener.local_addr()?, "sluicegate listening");
         let cancel = state.shutdown.clone();
-        axum::serve(self.listener, app)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                tracing::info!("shutting down: finishing requests and submissions in flight");
-                cancel.cancel();
-            })
-            .await?;
+        let limits = crate::server::Limits {
+            header_read_timeout: Duration::from_secs(state.config.header_read_timeout_secs),
+            max_connections: state.config.max_connections as usize,
+            shutdown_grace: Duration::from_secs(state.config.request_timeout_secs),
+        };
+        crate::server::serve(self.listener, app, limits, async move {
+            shutdown.await;
+            tracing::info!("shutting down: finishing requests and submissions in flight");
+            cancel.cancel();
+        })
+        .await;
         state.shutdown.cancel();
         background.close();
         background.wait().await;

@@ -1,6 +1,8 @@
 //! Tracing, set up once. `RUST_LOG` filters (default `info`);
 //! `LOG_FORMAT=json` switches to JSON lines.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 pub fn init() {
@@ -13,6 +15,12 @@ pub fn init() {
             .with(fmt::layer().json().with_writer(std::io::stderr))
             .try_init()
     } else {
-        registry.with(fmt::layer().with_writer(std::io::stderr)).try_init()
+        registry
+            .with(
+                fmt::layer()
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(std::io::stderr),
+            )
+            .try_init()
     };
 }

@@ -114,3 +114,30 @@ pub fn trace_layer() -> Trace {
         .make_span_with(make_span as fn(&Request<Body>) -> tracing::Span)
         .on_response(DefaultOnResponse::new().level(Level::INFO))
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::{Router, body::Body, http::Request, routing::get};
+    use tower::ServiceExt;
+    use tower_http::catch_panic::CatchPanicLayer;
+
+    #[tokio::test]
+    async fn a_panicking_handler_gives_a_500_problem_without_its_message() {
+        async fn boom() -> &'static str {
+            panic!("secret detail from the panic")
+        }
+        let app = Router::new()
+            .route("/", get(boom))
+            .layer(CatchPanicLayer::custom(super::panic_response));
+        let r = app
+            .oneshot(Request::get("/").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 500);
+        assert_eq!(r.headers()["content-type"], "application/problem+json");
+        let body = axum::body::to_bytes(r.into_body(), 10_000).await.unwrap();
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        assert!(!text.contains("secret detail"), "{text}");
+        assert!(text.contains("\"status\":500"), "{text}");
+    }
+}

@@ -50,7 +50,7 @@ use crate::{error::Problem, state::AppState};
         (name = "operations", description = "Probes, metrics and documentation (open)"),
     ),
     components(schemas(Problem)),
-    modifiers(&SecuritySchemes, &CommonErrors),
+    modifiers(&SecuritySchemes),
 )]
 struct ApiDoc;
 
@@ -77,23 +77,32 @@ impl Modify for SecuritySchemes {
 }
 
 /// Adds the problem responses every operation of a kind can give, so each
-/// operation documents them without repeating them in every annotation.
+/// operation documents them without repeating them in every annotation. It
+/// must run on the merged document (see `openapi()`): the modifiers of
+/// `ApiDoc` run before the routes are added.
 struct CommonErrors;
 
 impl Modify for CommonErrors {
     fn modify(&self, doc: &mut openapi::OpenApi) {
-        use openapi::{ContentBuilder, Ref, ResponseBuilder};
+        use openapi::{
+            ContentBuilder, ObjectBuilder, Ref, Required, ResponseBuilder, Type, header::HeaderBuilder,
+            path::ParameterIn, security::SecurityRequirement,
+        };
         let problem = |desc: &str| {
-            ResponseBuilder::new()
-                .description(desc)
-                .content(
-                    "application/problem+json",
-                    ContentBuilder::new()
-                        .schema(Some(Ref::from_schema_name("Problem")))
-                        .build(),
-                )
+            ResponseBuilder::new().description(desc).content(
+                "application/problem+json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("Problem")))
+                    .build(),
+            )
+        };
+        let header = |ty: Type, desc: &str| {
+            HeaderBuilder::new()
+                .schema(ObjectBuilder::new().schema_type(ty))
+                .description(Some(desc))
                 .build()
         };
+        let callback_token = SecurityRequirement::new("callback_token", Vec::<String>::new());
         for (path, item) in doc.paths.paths.iter_mut() {
             let ops = [
                 item.get.as_mut(),
@@ -103,31 +112,71 @@ impl Modify for CommonErrors {
                 item.patch.as_mut(),
             ];
             for op in ops.into_iter().flatten() {
-                let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
+                let security = op.security.as_deref().unwrap_or_default();
+                let secured = !security.is_empty();
+                // The callback token's extractor answers 401 for a malformed
+                // job id too: it never tells whether a job exists.
+                let by_callback_token = security.contains(&callback_token);
                 let has_body = op.request_body.is_some();
-                let has_params = op.parameters.as_ref().is_some_and(|p| !p.is_empty());
+                // A required body is a typed JSON body (415 if not JSON, 422
+                // if invalid); an optional one (`/drain`) is only checked for
+                // JSON syntax.
+                let typed_body = op
+                    .request_body
+                    .as_ref()
+                    .is_some_and(|b| matches!(b.required, Some(Required::True)));
+                let params = op.parameters.as_deref().unwrap_or_default();
+                let has_path_params = params.iter().any(|p| p.parameter_in == ParameterIn::Path);
+                let has_other_params = params.iter().any(|p| p.parameter_in != ParameterIn::Path);
                 let r = &mut op.responses.responses;
-                let mut add = |code: &str, desc: &str| {
-                    r.entry(code.to_owned()).or_insert_with(|| problem(desc).into());
+                let mut add = |code: &str, response: ResponseBuilder| {
+                    r.entry(code.to_owned()).or_insert_with(|| response.build().into());
                 };
-                if has_body || has_params {
-                    add("400", "Malformed request (JSON syntax, query or path parameter)");
+                if has_body || has_other_params || (has_path_params && !by_callback_token) {
+                    add(
+                        "400",
+                        problem("Malformed request (JSON syntax, query, header or path parameter)"),
+                    );
                 }
                 if secured {
-                    add("401", "Missing or invalid credentials");
+                    let desc = if by_callback_token {
+                        "Missing or invalid credentials: not the callback token of this job's current \
+                         attempt (also the answer for an unknown job or a malformed id)"
+                    } else {
+                        "Missing or invalid credentials"
+                    };
+                    add(
+                        "401",
+                        problem(desc).header(
+                            "WWW-Authenticate",
+                            header(
+                                Type::String,
+                                "`Bearer realm=\"sluicegate\"`, with `error=\"invalid_token\"` for a wrong token",
+                            ),
+                        ),
+                    );
                 }
                 if has_body {
-                    add("413", "Request body too large");
-                    add("415", "The body is not JSON");
-                    add("422", "Invalid request body");
+                    add("413", problem("Request body too large (`MAX_BODY_BYTES`)"));
+                }
+                if typed_body {
+                    add(
+                        "415",
+                        problem("The body is not JSON (`Content-Type: application/json`)"),
+                    );
+                    add(
+                        "422",
+                        problem("Invalid request body (wrong types, unknown fields, out-of-range values)"),
+                    );
                 }
                 if path != "/healthz" && path != "/metrics" {
                     add(
                         "503",
-                        "Overloaded or a dependency is unavailable; retry after `Retry-After`",
+                        problem("Overloaded or a dependency is unavailable; retry after `Retry-After`")
+                            .header("Retry-After", header(Type::Integer, "Seconds to wait before retrying")),
                     );
                 }
-                add("500", "Internal error (details are logged, never returned)");
+                add("500", problem("Internal error (details are logged, never returned)"));
             }
         }
     }
@@ -147,7 +196,9 @@ fn routes() -> OpenApiRouter<AppState> {
 
 /// The OpenAPI document of the API.
 pub fn openapi() -> openapi::OpenApi {
-    routes().into_openapi()
+    let mut doc = routes().into_openapi();
+    CommonErrors.modify(&mut doc);
+    doc
 }
 
 static OPENAPI_JSON: LazyLock<String> = LazyLock::new(|| {
@@ -175,26 +226,30 @@ pub fn router(state: AppState) -> Router {
         state.clone(),
         crate::auth::require_drain_token,
     ));
-    // Everything but liveness and metrics is behind the in-flight cap.
-    let shed = OpenApiRouter::new()
+    // Everything but liveness and metrics is behind one in-flight cap for the
+    // whole router (a layer on a Router would give each route its own cap).
+    let (capped, _) = OpenApiRouter::new()
         .merge(client)
         .merge(scheduler)
         .merge(callbacks::router())
         .merge(health::readiness_router())
         .merge(docs::router())
-        .layer(
-            ServiceBuilder::new()
-                .layer(HandleErrorLayer::new(middleware::overloaded))
-                .load_shed()
-                .concurrency_limit(c.max_in_flight_requests as usize),
-        );
-    let (app, _) = OpenApiRouter::new()
-        .merge(shed)
-        .merge(health::router())
         .split_for_parts();
+    let capped = capped
+        .fallback(middleware::not_found)
+        .layer(axum::middleware::from_fn(middleware::record_metrics))
+        .with_state(state.clone());
+    let capped = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(middleware::overloaded))
+        .load_shed()
+        .concurrency_limit(c.max_in_flight_requests as usize)
+        .service(capped);
+    let (open, _) = health::router().split_for_parts();
+    let app = open
+        .layer(axum::middleware::from_fn(middleware::record_metrics))
+        .fallback_service(capped);
 
-    app.fallback(middleware::not_found)
-        .layer(DefaultBodyLimit::max(c.max_body_bytes as usize))
+    app.layer(DefaultBodyLimit::max(c.max_body_bytes as usize))
         .layer(
             ServiceBuilder::new()
                 .layer(SetSensitiveRequestHeadersLayer::new([
@@ -204,7 +259,6 @@ pub fn router(state: AppState) -> Router {
                 .layer(PropagateRequestIdLayer::x_request_id())
                 .layer(middleware::trace_layer())
                 .layer(axum::middleware::from_fn(middleware::problem_for_bare_errors))
-                .layer(axum::middleware::from_fn(middleware::record_metrics))
                 .layer(CatchPanicLayer::custom(middleware::panic_response))
                 .layer(TimeoutLayer::with_status_code(
                     axum::http::StatusCode::REQUEST_TIMEOUT,

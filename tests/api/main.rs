@@ -11,4 +11,6 @@ mod health;
 mod jobs;
 mod leases;
 mod limits;
+mod process;
+mod security;
 mod stress;

@@ -1,0 +1,187 @@
+//! The `sluicegate` binary as an operator runs it: configuration errors,
+//! weak secrets, serving, secrets kept out of logs, graceful exit on SIGTERM.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use serde_json::json;
+
+use crate::helpers::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_sluicegate");
+
+fn base_env(cmd: &mut Command, db: &str, queue: &str) {
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", db)
+        .env("SQS_QUEUE_URL", queue)
+        .env("AWS_ENDPOINT_URL", sqs_endpoint())
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test-secret-key-never-logged")
+        .env("AWS_REGION", "us-east-1")
+        .env("DOWNSTREAM_URL", "http://127.0.0.1:9/")
+        .env("API_TOKENS", API_TOKEN)
+        .env("DRAIN_TOKEN", DRAIN_TOKEN)
+        .env("CALLBACK_SECRET", CALLBACK_SECRET)
+        .env("LISTEN_ADDR", "127.0.0.1:0");
+}
+
+#[test]
+fn a_configuration_error_is_one_line_naming_the_variable() {
+    let out = Command::new(BIN).arg("serve").env_clear().output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("DATABASE_URL"), "{err}");
+
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve");
+    base_env(&mut cmd, "postgres://x@127.0.0.1:1/db", "http://q");
+    cmd.env("MAX_CONCURRENCY", "many");
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("MAX_CONCURRENCY"), "{err}");
+}
+
+#[test]
+fn weak_secrets_are_refused_unless_explicitly_allowed() {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve");
+    base_env(&mut cmd, "postgres://x@127.0.0.1:1/db", "http://q");
+    cmd.env("CALLBACK_SECRET", "hunter2");
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("CALLBACK_SECRET") && !err.contains("hunter2"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+}
+
+#[tokio::test]
+async fn serve_keeps_secrets_out_of_logs_and_exits_cleanly_on_sigterm() {
+    let db = TestDb::create().await;
+    let sqs = sqs_client(&sqs_endpoint());
+    let queue = create_queue(&sqs).await;
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve");
+    base_env(&mut cmd, &db.url, &queue);
+    cmd.env("RUST_LOG", "trace")
+        .env("SLUICEGATE_ALLOW_WEAK_SECRETS", "true")
+        .env("API_TOKENS", format!("{API_TOKEN},weak"));
+    cmd.stderr(Stdio::piped()).stdout(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut log = Vec::new();
+    let started = std::time::Instant::now();
+    let addr = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the server did not start: {log:?}"
+        );
+        let line = rx.recv_timeout(Duration::from_secs(30)).expect("the server starts");
+        log.push(line.clone());
+        if let Some(rest) = line.split("addr=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    assert!(
+        log.iter().any(|l| l.contains("WARN") && l.contains("API_TOKENS")),
+        "weak secret warning: {log:?}"
+    );
+    let http = reqwest::Client::new();
+    let base = format!("http://{addr}");
+    let r = http
+        .post(format!("{base}/jobs"))
+        .bearer_auth(API_TOKEN)
+        .json(&json!({"payload": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = http
+        .get(format!("{base}/jobs/{id}"))
+        .bearer_auth("wrong-token-that-must-not-be-logged")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = http
+        .post(format!("{base}/jobs/{id}/callback"))
+        .bearer_auth("callback-guess-not-logged")
+        .json(&json!({"status": "succeeded"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        http.post(format!("{base}/drain"))
+            .bearer_auth(DRAIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // SIGTERM: graceful exit with status 0.
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(exit.success(), "exit status {exit:?}");
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(2)) {
+        log.push(line);
+    }
+    let all = log.join("\n");
+    assert!(all.contains("shutting down"), "{all}");
+    let password_free_url = db.url.clone();
+    for secret in [
+        API_TOKEN,
+        DRAIN_TOKEN,
+        CALLBACK_SECRET,
+        "wrong-token-that-must-not-be-logged",
+        "callback-guess-not-logged",
+        "test-secret-key-never-logged",
+        password_free_url.as_str(),
+    ] {
+        assert!(!all.contains(secret), "a secret appears in the logs: {secret}");
+    }
+}
+
+#[tokio::test]
+async fn migrate_applies_the_schema_and_exits() {
+    let db = TestDb::create().await;
+    let out = Command::new(BIN)
+        .arg("migrate")
+        .env_clear()
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(n >= 1);
+    pool.close().await;
+}
