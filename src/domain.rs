@@ -63,31 +63,61 @@ impl JobStatus {
     }
 }
 
-/// A job, as the API shows it.
+/// A job, as the API shows it. Every field is always present; the ones that
+/// have no value yet are `null`.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "id": "0192f0c4-5a6e-7d3b-9c1e-2f4a6b8c0d1e",
+    "status": "succeeded",
+    "payload": {"video": "s3://bucket/clip.mp4"},
+    "attempts": 1,
+    "created_at": "2026-01-15T10:00:00Z",
+    "started_at": "2026-01-15T10:00:02Z",
+    "finished_at": "2026-01-15T10:04:40Z",
+    "result": {"frames": 1200},
+    "error": null
+}))]
 pub struct Job {
+    /// The job's id (a UUIDv7: ids sort by creation time).
     pub id: Uuid,
     pub status: JobStatus,
-    /// The JSON the client submitted, returned verbatim.
+    /// The JSON the client submitted, returned verbatim (any JSON value).
     #[schema(value_type = serde_json::Value)]
     pub payload: Box<RawValue>,
     /// Submissions to the downstream that counted as attempts (a 429/503 does not).
+    #[schema(minimum = 0)]
     pub attempts: i32,
+    /// When the job was submitted.
     pub created_at: DateTime<Utc>,
+    /// When the job first started running downstream; null until then.
+    #[schema(required = true)]
     pub started_at: Option<DateTime<Utc>>,
+    /// When the job reached a terminal status; null until then.
+    #[schema(required = true)]
     pub finished_at: Option<DateTime<Utc>>,
-    /// What the downstream reported in its callback, verbatim.
-    #[schema(value_type = Option<serde_json::Value>)]
+    /// What the downstream reported in its callback, verbatim (any JSON
+    /// value); null until then or if it reported none.
+    #[schema(value_type = Option<serde_json::Value>, required = true)]
     pub result: Option<Box<RawValue>>,
+    /// The last error: of a failed attempt, a rejection, a lease that ran
+    /// out, or the downstream's own report; null if there was none.
+    #[schema(required = true)]
     pub error: Option<String>,
 }
 
 /// One state change of a job.
 #[derive(Debug, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
+#[schema(example = json!({"at": "2026-01-15T10:00:02Z", "from": "dispatching", "to": "running", "attempt": 1, "reason": "downstream 202"}))]
 pub struct JobEvent {
+    /// When it happened.
     pub at: DateTime<Utc>,
+    /// The status before; null for the job's first event (`submitted`).
+    #[schema(required = true)]
     pub from: Option<JobStatus>,
+    /// The status after.
     pub to: JobStatus,
+    /// The job's attempt number at the time (0 before its first submission).
+    #[schema(minimum = 0)]
     pub attempt: i32,
     /// Why it happened, e.g. `submitted`, `downstream 503`, `lease expired`, `callback`.
     pub reason: String,

@@ -26,7 +26,9 @@ use crate::{
     store::{self, Reserved, Transition},
 };
 
-/// Why a drain stopped taking jobs.
+/// Why a drain stopped taking jobs: `at_capacity` (no free slot),
+/// `queue_empty`, `time_budget` (`DRAIN_BUDGET_MS` ran out) or
+/// `downstream_busy` (the downstream answered 429 or 503).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StopReason {
@@ -38,6 +40,7 @@ pub enum StopReason {
 
 /// The answer of `POST /drain`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"dispatched": 3, "reclaimed": 0, "running": 10, "limit": 10, "stop_reason": "at_capacity"}))]
 pub struct DrainReport {
     /// Jobs handed to the downstream by this drain: accepted (2xx), or still
     /// being submitted when the time budget ran out.
@@ -46,6 +49,7 @@ pub struct DrainReport {
     pub reclaimed: i64,
     /// Jobs dispatching or running when the drain answered.
     pub running: i64,
+    /// The concurrency limit in force.
     pub limit: i64,
     pub stop_reason: StopReason,
 }

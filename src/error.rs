@@ -18,6 +18,7 @@ pub struct Problem {
     /// A short summary of the kind of problem.
     pub title: String,
     /// The HTTP status code.
+    #[schema(minimum = 100, maximum = 599)]
     pub status: u16,
     /// What went wrong with this request.
     pub detail: String,

@@ -61,6 +61,7 @@ impl FromRequestParts<AppState> for CallbackCaller {
     }
 }
 
+/// The final status the downstream reports.
 #[derive(Debug, Clone, Copy, Deserialize, ToSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum FinalStatus {
@@ -74,9 +75,10 @@ pub enum FinalStatus {
 #[schema(example = json!({"status": "succeeded", "result": {"frames": 1200}}))]
 pub struct CallbackBody {
     pub status: FinalStatus,
-    /// Any JSON, stored and returned verbatim.
+    /// Any JSON, stored and returned verbatim as the job's `result`.
     #[schema(value_type = Option<serde_json::Value>)]
     pub result: Option<Box<RawValue>>,
+    /// What went wrong, shown as the job's `error` (at most 10000 bytes).
     #[schema(max_length = 10000)]
     pub error: Option<String>,
 }

@@ -70,9 +70,13 @@ static SWAGGER_CONFIG: LazyLock<Arc<utoipa_swagger_ui::Config<'static>>> =
 
 /// A static asset of the docs page
 #[utoipa::path(get, path = "/docs/{file}", tag = "operations", operation_id = "getDocsAsset",
-    params(("file" = String, Path, description = "Asset file name")),
+    params(("file" = String, Path, description = "Asset file name: `swagger-ui.css`, `swagger-ui-bundle.js`, `swagger-ui-standalone-preset.js` or `favicon-32x32.png`")),
     responses(
-        (status = 200, description = "The asset"),
+        (status = 200, description = "The asset", content(
+            (String = "text/css"),
+            (String = "text/javascript"),
+            (String = "image/png"),
+        )),
         (status = 404, description = "No such asset", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn docs_asset(Path(file): Path<String>) -> Response {

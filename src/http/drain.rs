@@ -24,8 +24,8 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// flight finish in the background. Safe to call concurrently from any number
 /// of replicas. The body (the EventBridge event) is optional and ignored, but
 /// if present it must be JSON.
-#[utoipa::path(post, path = "/drain", tag = "drain", operation_id = "drain",
-    request_body(content = Option<serde_json::Value>, description = "The EventBridge event, or empty"),
+#[utoipa::path(post, path = "/drain", tag = "drain", operation_id = "drainQueue",
+    request_body(content = Option<serde_json::Value>, description = "The EventBridge event (any JSON, ignored), or no body at all"),
     responses((status = 200, description = "What this drain did", body = DrainReport)),
     security(("drain_token" = [])))]
 pub async fn drain_queue(State(state): State<AppState>, req: Request) -> ApiResult<Json<DrainReport>> {

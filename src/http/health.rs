@@ -19,7 +19,9 @@ pub fn readiness_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(readyz))
 }
 
+/// A probe's answer.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"status": "ok"}))]
 pub struct Health {
     /// `ok`
     pub status: String,
@@ -28,7 +30,7 @@ pub struct Health {
 /// Liveness
 ///
 /// The process is up; no dependency is checked.
-#[utoipa::path(get, path = "/healthz", tag = "operations", operation_id = "healthz",
+#[utoipa::path(get, path = "/healthz", tag = "operations", operation_id = "getHealth",
     responses((status = 200, description = "Alive", body = Health)))]
 pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok".into() })
@@ -37,10 +39,11 @@ pub async fn healthz() -> Json<Health> {
 /// Readiness
 ///
 /// Postgres and SQS are reachable. 503 names what is down.
-#[utoipa::path(get, path = "/readyz", tag = "operations", operation_id = "readyz",
+#[utoipa::path(get, path = "/readyz", tag = "operations", operation_id = "getReadiness",
     responses(
         (status = 200, description = "Ready", body = Health),
-        (status = 503, description = "A dependency is down (named in `detail`)", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A dependency is down (named in `detail`)", body = crate::error::Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait before asking again"))),
     ))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     let timeout = Duration::from_secs(2);
@@ -66,7 +69,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiEr
 }
 
 /// Prometheus metrics
-#[utoipa::path(get, path = "/metrics", tag = "operations", operation_id = "metrics",
+#[utoipa::path(get, path = "/metrics", tag = "operations", operation_id = "getMetrics",
     responses((status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain; version=0.0.4")))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (

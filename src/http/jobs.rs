@@ -57,18 +57,24 @@ pub struct SubmitJob {
 /// One job of a batch.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"payload": {"video": "s3://bucket/clip.mp4"}, "idempotency_key": "clip-42"}))]
 pub struct BatchJob {
+    /// Any JSON; handed to the downstream verbatim.
     #[schema(value_type = serde_json::Value)]
     pub payload: Box<RawValue>,
+    /// Lease of the running job, in seconds (default `JOB_TIMEOUT_SECS`).
     #[schema(minimum = 1, maximum = 604800)]
     pub timeout_secs: Option<i64>,
+    /// Submissions tried before the job fails (default `MAX_ATTEMPTS`).
     #[schema(minimum = 1, maximum = 100)]
     pub max_attempts: Option<i64>,
-    /// Same meaning as the `Idempotency-Key` header of `POST /jobs`.
-    #[schema(min_length = 1, max_length = 255)]
+    /// Same meaning as the `Idempotency-Key` header of `POST /jobs`: 1 to
+    /// 255 visible ASCII characters.
+    #[schema(min_length = 1, max_length = 255, pattern = "^[!-~]+$")]
     pub idempotency_key: Option<String>,
 }
 
+/// Jobs to submit together.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitBatch {
@@ -79,27 +85,37 @@ pub struct SubmitBatch {
 
 pub const MAX_BATCH: usize = 500;
 
-/// The result of one item of a batch, in request order.
+/// The result of one item of a batch. Exactly one of `job` and `problem` is
+/// non-null.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct BatchItem {
     /// 202 (queued), 200 (idempotent repeat) or the 4xx/5xx of the item's problem.
+    #[schema(minimum = 100, maximum = 599)]
     pub status: u16,
+    /// The job, if the item was accepted (202 or 200); null otherwise.
+    #[schema(required = true)]
     pub job: Option<Job>,
+    /// Why the item was refused; null if it was accepted.
+    #[schema(required = true)]
     pub problem: Option<Problem>,
 }
 
+/// The results of a batch, one per submitted job, in request order.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct BatchResult {
     pub items: Vec<BatchItem>,
 }
 
+/// A page of jobs, newest first.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct JobPage {
     pub items: Vec<Job>,
     /// Pass as `cursor` to get the next page; null on the last page.
+    #[schema(required = true)]
     pub next_cursor: Option<String>,
 }
 
+/// A job's state changes, oldest first.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct JobEvents {
     pub items: Vec<JobEvent>,
@@ -197,7 +213,8 @@ fn job_response(status: StatusCode, job: Job) -> Response {
 /// The job is stored in Postgres and queued in SQS before the answer. With an
 /// `Idempotency-Key`, a repeat of the same request returns the same job (200).
 #[utoipa::path(post, path = "/jobs", tag = "jobs", operation_id = "submitJob",
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: 1 to 255 visible ASCII characters")),
+    params(("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255, pattern = "^[!-~]+$",
+        description = "Makes retries safe: 1 to 255 visible ASCII characters")),
     request_body = SubmitJob,
     responses(
         (status = 202, description = "Queued", body = Job, headers(("Location" = String, description = "/jobs/{id}"))),

@@ -21,8 +21,10 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 pub const MAX_LIMIT: i64 = 1_000_000;
 
+/// The concurrency limit.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"max_concurrency": 10}))]
 pub struct Limits {
     /// Jobs the downstream may hold at once (dispatching + running); 0 pauses dispatching.
     #[schema(minimum = 0, maximum = 1000000)]
@@ -69,17 +71,22 @@ pub async fn put_limits(State(state): State<AppState>, ApiJson(body): ApiJson<Li
     }))
 }
 
+/// Counts over all jobs, and the limit in force.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"limit": 10, "running": 10, "queued": 250, "succeeded": 4210, "failed": 3, "timed_out": 1, "cancelled": 7, "queue_depth": 250}))]
 pub struct Stats {
+    /// The concurrency limit (`max_concurrency`).
     pub limit: i64,
     /// Jobs counted against the limit (dispatching + running).
     pub running: i64,
+    /// Jobs waiting to be dispatched.
     pub queued: i64,
     pub succeeded: i64,
     pub failed: i64,
     pub timed_out: i64,
     pub cancelled: i64,
     /// Approximate number of visible SQS messages; null if SQS did not answer.
+    #[schema(required = true)]
     pub queue_depth: Option<i64>,
 }
 
