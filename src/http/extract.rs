@@ -36,6 +36,10 @@ pub async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => ApiError::Validation(format!("invalid request body: {e}")),
+        // Valid JSON whose number no field can hold (e.g. 1e400) is a bad value, not bad syntax.
+        _ if e.to_string().starts_with("number out of range") => {
+            ApiError::Validation(format!("invalid request body: {e}"))
+        }
         _ => ApiError::BadRequest(format!("malformed JSON: {e}")),
     })
 }

@@ -62,7 +62,7 @@ async fn malformed_bodies_are_refused() {
             "/jobs",
             json_ct,
             b"{\"payload\": 1, \"max_attempts\": 1e400}".to_vec(),
-            400,
+            422,
         ),
         (
             "POST",
