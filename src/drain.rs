@@ -131,6 +131,9 @@ pub async fn drain(state: &AppState) -> anyhow::Result<DrainReport> {
         if Instant::now() >= stop_taking_by {
             break StopReason::TimeBudget;
         }
+        if store::downstream_busy(&state.db).await? {
+            break StopReason::DownstreamBusy;
+        }
         let (limit, live) = store::capacity(&state.db).await?;
         let free = (i64::from(limit) - live).max(0) as usize;
         if free == 0 {
@@ -279,6 +282,13 @@ async fn dispatch(state: &AppState, job: Reserved, receipt: String) -> Finished 
         }
         Outcome::Busy { retry_after, .. } => {
             let delay = retry_after.unwrap_or_default();
+            if !delay.is_zero() {
+                // The downstream said when to come back: no replica sends
+                // anything before then.
+                if let Err(e) = store::pause_downstream(&state.db, delay.as_secs_f64()).await {
+                    tracing::warn!(error = %e, "could not record the downstream's Retry-After");
+                }
+            }
             t.attempts_delta = -1;
             t.delay_secs = delay.as_secs_f64();
             release_after = Some(delay);

@@ -80,6 +80,25 @@ pub async fn capacity(ex: impl PgExecutor<'_>) -> sqlx::Result<(i32, i64)> {
     .await
 }
 
+/// Whether the downstream asked (with Retry-After) not to be sent anything yet.
+pub async fn downstream_busy(ex: impl PgExecutor<'_>) -> sqlx::Result<bool> {
+    sqlx::query_scalar("SELECT coalesce(busy_until > now(), false) FROM gate")
+        .fetch_one(ex)
+        .await
+}
+
+/// Records a Retry-After: nothing is submitted before `now + secs` (an
+/// earlier, longer pause is kept).
+pub async fn pause_downstream(ex: impl PgExecutor<'_>, secs: f64) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE gate SET busy_until = GREATEST(coalesce(busy_until, now()), now() + make_interval(secs => $1))",
+    )
+    .bind(secs)
+    .execute(ex)
+    .await?;
+    Ok(())
+}
+
 // ------------------------------------------------------------- enqueueing
 
 pub enum Inserted {

@@ -85,13 +85,16 @@ async fn a_busy_downstream_gets_the_job_back_without_an_attempt_honouring_retry_
     );
 
     ds.set(|_| Reply::status(202));
-    // Not before Retry-After has passed.
+    // Nothing is sent before Retry-After has passed, not even another job.
+    let other = id_of(&app.submit(json!(2)).await);
     let report = app.drain().await;
     assert_eq!(report["dispatched"], 0);
+    assert_eq!(report["stop_reason"], "downstream_busy");
     assert_eq!(ds.seen().len(), 1);
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let report = app.drain().await;
-    assert_eq!(report["dispatched"], 1);
+    assert_eq!(report["dispatched"], 2);
+    assert_eq!(app.status_of(&other).await, "running");
     let job = app.job(&id).await;
     assert_eq!(
         (job["status"].as_str(), job["attempts"].as_i64()),
