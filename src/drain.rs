@@ -95,10 +95,7 @@ pub async fn drain(state: &AppState) -> anyhow::Result<DrainReport> {
     let answer_by = started + budget - margin;
     let stop_taking_by = started + budget.mul_f64(0.7);
 
-    let reclaimed = store::reclaim_expired(&state.db).await?;
-    if reclaimed > 0 {
-        tracing::info!(reclaimed, "reclaimed slots of expired leases");
-    }
+    let reclaimed = reclaim(state).await?;
 
     let (tx, mut rx) = mpsc::unbounded_channel::<Finished>();
     let mut in_flight = 0usize;
@@ -190,6 +187,23 @@ pub async fn drain(state: &AppState) -> anyhow::Result<DrainReport> {
         limit: limit.into(),
         stop_reason,
     })
+}
+
+/// Frees the slots of expired leases (see `store::reclaim_expired`), counts
+/// the jobs that ended, and returns how many slots were freed.
+pub async fn reclaim(state: &AppState) -> anyhow::Result<u64> {
+    let by_status = store::reclaim_expired(&state.db).await?;
+    let mut total = 0;
+    for (status, n) in by_status {
+        total += n as u64;
+        if status.is_terminal() {
+            metrics::counter!("sluicegate_jobs_finished_total", "status" => status.as_str()).increment(n as u64);
+        }
+    }
+    if total > 0 {
+        tracing::info!(reclaimed = total, "reclaimed the slots of expired leases");
+    }
+    Ok(total)
 }
 
 /// Reserves slots for the received messages' jobs. Returns the reserved jobs

@@ -167,14 +167,10 @@ async fn lease_loop(state: AppState) {
             _ = state.shutdown.cancelled() => return,
             _ = t.tick() => {}
         }
-        match store::reclaim_expired(&state.db).await {
+        match crate::drain::reclaim(&state).await {
             Ok(0) => {}
-            Ok(n) => {
-                tracing::info!(reclaimed = n, "reclaimed slots of expired leases");
-                if state.config.refill_on_callback {
-                    state.refill.notify_one();
-                }
-            }
+            Ok(_) if state.config.refill_on_callback => state.refill.notify_one(),
+            Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "lease sweep failed"),
         }
     }

@@ -398,9 +398,9 @@ pub async fn due_states(ex: impl PgExecutor<'_>, ids: &[Uuid]) -> sqlx::Result<V
 /// Frees the slots of live jobs whose lease ran out: a running job becomes
 /// `timed_out`; a job stuck in `dispatching` (its replica died mid-submission)
 /// goes back to `queued` (its SQS message was never deleted) or, out of
-/// attempts, `failed`. Returns how many were reclaimed.
-pub async fn reclaim_expired(ex: impl PgExecutor<'_>) -> sqlx::Result<u64> {
-    let n: i64 = sqlx::query_scalar(
+/// attempts, `failed`. Returns how many jobs went to each status.
+pub async fn reclaim_expired(ex: impl PgExecutor<'_>) -> sqlx::Result<Vec<(JobStatus, i64)>> {
+    sqlx::query_as(
         "WITH expired AS ( \
            SELECT id, status FROM jobs \
            WHERE status IN ('dispatching', 'running') AND lease_expires_at < now() \
@@ -421,11 +421,10 @@ pub async fn reclaim_expired(ex: impl PgExecutor<'_>) -> sqlx::Result<u64> {
                 SELECT id, from_status, status, attempts, \
                        CASE WHEN from_status = 'running' THEN 'lease expired' ELSE 'dispatch lease expired' END \
                 FROM upd) \
-         SELECT count(*) FROM upd",
+         SELECT status, count(*) FROM upd GROUP BY status",
     )
-    .fetch_one(ex)
-    .await?;
-    Ok(n as u64)
+    .fetch_all(ex)
+    .await
 }
 
 /// Jobs per status counted from the rows (for checks and tests; `counts` is

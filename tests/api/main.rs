@@ -13,6 +13,7 @@ mod hostile;
 mod jobs;
 mod leases;
 mod limits;
+mod metrics;
 mod openapi;
 mod process;
 mod security;
