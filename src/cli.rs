@@ -33,6 +33,19 @@ pub enum Command {
     },
     /// Print the OpenAPI document (the bytes of openapi/openapi.json).
     Openapi,
+    /// Send a fresh SQS message for every queued job last sent more than
+    /// --older-than-secs ago (e.g. after the queue was purged), then exit.
+    Requeue {
+        #[arg(long, env = "DATABASE_URL", value_name = "DATABASE_URL", hide_env_values = true)]
+        database_url: Secret,
+        #[arg(long, env = "SQS_QUEUE_URL", value_name = "SQS_QUEUE_URL")]
+        sqs_queue_url: String,
+        #[arg(long, env = "AWS_ENDPOINT_URL", value_name = "AWS_ENDPOINT_URL")]
+        aws_endpoint_url: Option<String>,
+        /// Only jobs whose message was sent at least this many seconds ago.
+        #[arg(long, default_value_t = 0)]
+        older_than_secs: u64,
+    },
     /// Run a demo downstream that accepts jobs up to its capacity, works on
     /// each for a random time, and calls back (for trying sluicegate out).
     DemoDownstream(crate::demo_downstream::DemoArgs),

@@ -190,6 +190,13 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub orphan_message_grace_secs: u64,
 
+    /// A queued job whose SQS message was sent longer ago than this gets a
+    /// fresh one (SQS drops messages after the queue's retention period).
+    /// Default: half the queue's retention period.
+    #[arg(long, env = "REQUEUE_AFTER_SECS", value_name = "REQUEUE_AFTER_SECS",
+          value_parser = clap::value_parser!(u64).range(60..=1_209_600))]
+    pub requeue_after_secs: Option<u64>,
+
     /// Development only: accept short tokens and secrets (warns at every start).
     #[arg(long, env = "SLUICEGATE_ALLOW_WEAK_SECRETS", value_name = "SLUICEGATE_ALLOW_WEAK_SECRETS",
           default_value_t = false, action = clap::ArgAction::Set,

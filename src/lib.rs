@@ -16,6 +16,7 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod queue;
+pub mod requeue;
 pub mod server;
 pub mod startup;
 pub mod state;

@@ -28,10 +28,13 @@ async fn main() -> ExitCode {
     };
     sluicegate::telemetry::init();
     let result = match cli.command {
-        Command::Openapi => {
-            print!("{}", sluicegate::http::openapi_json());
-            Ok(())
-        }
+        Command::Openapi => print_openapi(),
+        Command::Requeue {
+            database_url,
+            sqs_queue_url,
+            aws_endpoint_url,
+            older_than_secs,
+        } => requeue(database_url, sqs_queue_url, aws_endpoint_url, older_than_secs).await,
         Command::Migrate { database_url } => migrate(database_url).await,
         Command::DemoDownstream(args) => sluicegate::demo_downstream::run(args).await,
         Command::Serve { config, no_migrate } => serve(*config, no_migrate).await,
@@ -43,6 +46,41 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints the document; a reader that stops early (`| head`) is not an error.
+fn print_openapi() -> anyhow::Result<()> {
+    use std::io::Write;
+    match std::io::stdout()
+        .lock()
+        .write_all(sluicegate::http::openapi_json().as_bytes())
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+async fn requeue(
+    database_url: sluicegate::config::Secret,
+    queue_url: String,
+    endpoint: Option<String>,
+    older_than_secs: u64,
+) -> anyhow::Result<()> {
+    let db = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(database_url.expose())
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "DATABASE_URL: cannot connect to Postgres ({})",
+                sluicegate::startup::describe_db_error(&e)
+            )
+        })?;
+    let sqs = sluicegate::queue::sqs_client(endpoint.as_deref(), &queue_url).await;
+    let queue = sluicegate::queue::Queue::new(sqs, queue_url);
+    let sent = sluicegate::requeue::resend_stale(&db, &queue, std::time::Duration::from_secs(older_than_secs)).await?;
+    println!("re-sent the messages of {sent} queued jobs");
+    Ok(())
 }
 
 async fn migrate(database_url: sluicegate::config::Secret) -> anyhow::Result<()> {

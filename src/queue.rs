@@ -189,6 +189,24 @@ impl Queue {
         join_all(changes).await;
     }
 
+    /// The queue's message retention period.
+    pub async fn retention(&self) -> anyhow::Result<Duration> {
+        count("GetQueueAttributes");
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.url)
+            .attribute_names(QueueAttributeName::MessageRetentionPeriod)
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("GetQueueAttributes: {}", aws_sdk_sqs::error::DisplayErrorContext(&e)))?;
+        out.attributes()
+            .and_then(|a| a.get(&QueueAttributeName::MessageRetentionPeriod))
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_secs)
+            .ok_or_else(|| anyhow::anyhow!("GetQueueAttributes: no MessageRetentionPeriod"))
+    }
+
     /// Approximate number of visible messages.
     pub async fn depth(&self) -> anyhow::Result<i64> {
         count("GetQueueAttributes");

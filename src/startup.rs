@@ -124,6 +124,8 @@ fn spawn_background(state: &AppState) -> TaskTracker {
     tracker.spawn(async move { lease_loop(s).await });
     let s = state.clone();
     tracker.spawn(async move { sample_loop(s).await });
+    let s = state.clone();
+    tracker.spawn(async move { requeue_loop(s).await });
     tracker
 }
 
@@ -176,6 +178,26 @@ async fn lease_loop(state: AppState) {
     }
 }
 
+/// Renews the messages of jobs queued for longer than the queue keeps them.
+async fn requeue_loop(state: AppState) {
+    let older_than = match state.config.requeue_after_secs {
+        Some(secs) => Duration::from_secs(secs),
+        None => crate::requeue::default_requeue_after(&state.queue).await,
+    };
+    let mut t = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = t.tick() => {}
+        }
+        match crate::requeue::resend_stale(&state.db, &state.queue, older_than).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(resent = n, "renewed the SQS messages of long-queued jobs"),
+            Err(e) => tracing::warn!(error = %e, "renewing old SQS messages failed"),
+        }
+    }
+}
+
 async fn sample_loop(state: AppState) {
     let mut t = tokio::time::interval(Duration::from_secs(10));
     let mut n = 0u64;
@@ -200,6 +222,7 @@ pub fn describe_db_error(e: &sqlx::Error) -> String {
         sqlx::Error::Io(io) => format!("{io}"),
         sqlx::Error::Database(db) => db.message().to_owned(),
         sqlx::Error::PoolTimedOut => "timed out".into(),
+        sqlx::Error::Tls(tls) => format!("TLS: {tls}"),
         sqlx::Error::Configuration(_) => "invalid connection string".into(),
         _ => "connection failed".into(),
     }

@@ -427,6 +427,32 @@ pub async fn reclaim_expired(ex: impl PgExecutor<'_>) -> sqlx::Result<Vec<(JobSt
     .await
 }
 
+/// Queued jobs whose message was last sent more than `older_than_secs` ago,
+/// locked for the caller's transaction (others skip them).
+pub async fn stale_queued(
+    tx: &mut Transaction<'_, Postgres>,
+    older_than_secs: f64,
+    limit: i64,
+) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar(
+        "SELECT id FROM jobs WHERE status = 'queued' AND enqueued_at < now() - make_interval(secs => $1) \
+         ORDER BY enqueued_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(older_than_secs)
+    .bind(limit)
+    .fetch_all(&mut **tx)
+    .await
+}
+
+/// Records that these jobs' messages were just sent.
+pub async fn mark_enqueued(tx: &mut Transaction<'_, Postgres>, ids: &[Uuid]) -> sqlx::Result<()> {
+    sqlx::query("UPDATE jobs SET enqueued_at = now() WHERE id = ANY($1)")
+        .bind(ids)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 /// Jobs per status counted from the rows (for checks and tests; `counts` is
 /// the fast path).
 pub async fn count_rows(ex: impl PgExecutor<'_>) -> sqlx::Result<Vec<(JobStatus, i64)>> {

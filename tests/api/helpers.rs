@@ -146,6 +146,7 @@ pub fn base_config(database_url: &str, queue_url: &str, downstream_url: &str) ->
         database_pool_size: 10,
         lease_sweep_interval_secs: 3600,
         orphan_message_grace_secs: 120,
+        requeue_after_secs: None,
         allow_weak_secrets: false,
     }
 }

@@ -16,5 +16,6 @@ mod limits;
 mod metrics;
 mod openapi;
 mod process;
+mod requeue;
 mod security;
 mod stress;
