@@ -110,9 +110,13 @@ impl ApiError {
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         match &e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => {
-                ApiError::unavailable("the database is unavailable; retry later", e)
-            }
+            // The database is unreachable, or the connection broke mid-way.
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::Io(_)
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed => ApiError::unavailable("the database is unavailable; retry later", e),
             _ => ApiError::Internal(e.into()),
         }
     }
