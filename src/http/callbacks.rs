@@ -78,8 +78,8 @@ pub struct CallbackBody {
     /// Any JSON, stored and returned verbatim as the job's `result`.
     #[schema(value_type = Option<serde_json::Value>)]
     pub result: Option<Box<RawValue>>,
-    /// What went wrong, shown as the job's `error` (at most 10000 bytes).
-    #[schema(max_length = 10000)]
+    /// What went wrong, shown as the job's `error` (at most 10000 bytes, no NUL character).
+    #[schema(max_length = 10000, pattern = "^[^\\x00]*$")]
     pub error: Option<String>,
 }
 
@@ -106,6 +106,12 @@ pub async fn callback(
 ) -> ApiResult<Json<Job>> {
     if body.error.as_ref().is_some_and(|e| e.len() > MAX_ERROR_LEN) {
         return Err(ApiError::Validation(format!("error: at most {MAX_ERROR_LEN} bytes")));
+    }
+    // Postgres text cannot hold U+0000: refuse it here rather than fail the write.
+    if body.error.as_ref().is_some_and(|e| e.contains('\0')) {
+        return Err(ApiError::Validation(
+            "error: must not contain a NUL character (U+0000)".into(),
+        ));
     }
     if body
         .result

@@ -68,9 +68,25 @@ pub async fn docs() -> Html<&'static str> {
 static SWAGGER_CONFIG: LazyLock<Arc<utoipa_swagger_ui::Config<'static>>> =
     LazyLock::new(|| Arc::new(utoipa_swagger_ui::Config::from("openapi.json")));
 
+// The assets of the docs page, for the OpenAPI document only (an enum, so
+// that clients and fuzzers know the valid names); the handler takes any
+// string and answers 404 for another name.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // only describes the path parameter
+enum DocsAsset {
+    #[schema(rename = "swagger-ui.css")]
+    SwaggerUiCss,
+    #[schema(rename = "swagger-ui-bundle.js")]
+    SwaggerUiBundleJs,
+    #[schema(rename = "swagger-ui-standalone-preset.js")]
+    SwaggerUiStandalonePresetJs,
+    #[schema(rename = "favicon-32x32.png")]
+    Favicon,
+}
+
 /// A static asset of the docs page
 #[utoipa::path(get, path = "/docs/{file}", tag = "operations", operation_id = "getDocsAsset",
-    params(("file" = String, Path, description = "Asset file name: `swagger-ui.css`, `swagger-ui-bundle.js`, `swagger-ui-standalone-preset.js` or `favicon-32x32.png`")),
+    params(("file" = inline(DocsAsset), Path, description = "Asset file name")),
     responses(
         (status = 200, description = "The asset", content(
             (String = "text/css"),

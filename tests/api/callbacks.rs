@@ -146,6 +146,8 @@ async fn bad_callback_bodies_change_nothing() {
         json!({"status": "succeeded", "extra": 1}),
         json!({}),
         json!({"status": "succeeded", "error": 5}),
+        // Postgres text cannot hold U+0000 (this was a 500).
+        json!({"status": "failed", "error": "a\u{0}b"}),
     ] {
         assert_problem(app.callback(&id, &token, body).await, 422).await;
     }
