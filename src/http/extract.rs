@@ -26,7 +26,7 @@ pub fn is_json_content_type(parts_headers: &axum::http::HeaderMap) -> bool {
 pub async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
     Bytes::from_request(req, state).await.map_err(|e| {
         if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge(0)
+            ApiError::PayloadTooLarge
         } else {
             ApiError::BadRequest("could not read the request body".into())
         }
