@@ -157,6 +157,10 @@ impl Modify for CommonErrors {
                     );
                 }
                 if has_body {
+                    add(
+                        "408",
+                        problem("The request (its body included) took longer than `REQUEST_TIMEOUT_SECS`"),
+                    );
                     add("413", problem("Request body too large (`MAX_BODY_BYTES`)"));
                 }
                 if typed_body {
