@@ -66,7 +66,17 @@ async fn requeue(
     endpoint: Option<String>,
     older_than_secs: u64,
 ) -> anyhow::Result<()> {
-    let db = sqlx::postgres::PgPoolOptions::new()
+    let db = connect(&database_url).await?;
+    let sqs = sluicegate::queue::sqs_client(endpoint.as_deref(), &queue_url).await;
+    let queue = sluicegate::queue::Queue::new(sqs, queue_url);
+    let sent = sluicegate::requeue::resend_stale(&db, &queue, std::time::Duration::from_secs(older_than_secs)).await?;
+    println!("re-sent the messages of {sent} queued jobs");
+    Ok(())
+}
+
+/// A small pool for one-off commands; the error never shows the URL.
+async fn connect(database_url: &sluicegate::config::Secret) -> anyhow::Result<sqlx::PgPool> {
+    sqlx::postgres::PgPoolOptions::new()
         .max_connections(2)
         .connect(database_url.expose())
         .await
@@ -75,25 +85,11 @@ async fn requeue(
                 "DATABASE_URL: cannot connect to Postgres ({})",
                 sluicegate::startup::describe_db_error(&e)
             )
-        })?;
-    let sqs = sluicegate::queue::sqs_client(endpoint.as_deref(), &queue_url).await;
-    let queue = sluicegate::queue::Queue::new(sqs, queue_url);
-    let sent = sluicegate::requeue::resend_stale(&db, &queue, std::time::Duration::from_secs(older_than_secs)).await?;
-    println!("re-sent the messages of {sent} queued jobs");
-    Ok(())
+        })
 }
 
 async fn migrate(database_url: sluicegate::config::Secret) -> anyhow::Result<()> {
-    let db = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(database_url.expose())
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "DATABASE_URL: cannot connect to Postgres ({})",
-                sluicegate::startup::describe_db_error(&e)
-            )
-        })?;
+    let db = connect(&database_url).await?;
     sluicegate::startup::migrate(&db).await?;
     tracing::info!("migrations applied");
     Ok(())

@@ -173,12 +173,7 @@ async fn server_errors_are_retried_with_backoff_then_fail() {
 
 #[tokio::test]
 async fn timeouts_and_connection_errors_use_an_attempt() {
-    let ds = Downstream::start(|_| Reply {
-        status: 202,
-        retry_after: None,
-        delay: Duration::from_secs(3),
-    })
-    .await;
+    let ds = Downstream::start(|_| Reply::after(Duration::from_secs(3), 202)).await;
     let app = app()
         .downstream(&ds.url)
         .config(|c| c.dispatch_timeout_secs = 1)
@@ -206,12 +201,7 @@ async fn timeouts_and_connection_errors_use_an_attempt() {
 
 #[tokio::test]
 async fn the_drain_answers_within_its_budget_and_finishes_in_the_background() {
-    let ds = Downstream::start(|_| Reply {
-        status: 202,
-        retry_after: None,
-        delay: Duration::from_secs(2),
-    })
-    .await;
+    let ds = Downstream::start(|_| Reply::after(Duration::from_secs(2), 202)).await;
     let app = app()
         .downstream(&ds.url)
         .config(|c| c.drain_budget_ms = 800)

@@ -477,10 +477,14 @@ pub struct Reply {
 
 impl Reply {
     pub fn status(status: u16) -> Self {
+        Self::after(Duration::ZERO, status)
+    }
+    /// Answers `status` after `delay`.
+    pub fn after(delay: Duration, status: u16) -> Self {
         Self {
             status,
             retry_after: None,
-            delay: Duration::ZERO,
+            delay,
         }
     }
 }

@@ -91,12 +91,7 @@ async fn a_submission_cut_off_mid_way_is_requeued_and_sent_again() {
 
 #[tokio::test]
 async fn graceful_shutdown_finishes_submissions_in_flight() {
-    let ds = Downstream::start(|_| Reply {
-        status: 202,
-        retry_after: None,
-        delay: Duration::from_millis(1500),
-    })
-    .await;
+    let ds = Downstream::start(|_| Reply::after(Duration::from_millis(1500), 202)).await;
     let mut app = app()
         .downstream(&ds.url)
         .config(|c| c.drain_budget_ms = 300)

@@ -82,11 +82,7 @@ async fn the_limit_holds_with_two_replicas_racing_drains_and_a_hostile_downstrea
         match roll {
             x if x < 0.10 => reply(429),
             x if x < 0.18 => reply(500),
-            x if x < 0.22 => Reply {
-                status: 202,
-                retry_after: None,
-                delay: Duration::from_millis(1500),
-            }, // times out
+            x if x < 0.22 => Reply::after(Duration::from_millis(1500), 202), // times out
             x => {
                 // Accepted: held from now until it calls back (or loses it).
                 ledger.held.insert(s.job_id.clone());
