@@ -128,11 +128,11 @@ pub async fn drain(state: &AppState) -> anyhow::Result<DrainReport> {
         if Instant::now() >= stop_taking_by {
             break StopReason::TimeBudget;
         }
-        if store::downstream_busy(&state.db).await? {
+        let gate = store::gate_state(&state.db).await?;
+        if gate.busy {
             break StopReason::DownstreamBusy;
         }
-        let (limit, live) = store::capacity(&state.db).await?;
-        let free = (i64::from(limit) - live).max(0) as usize;
+        let free = (i64::from(gate.limit) - gate.live).max(0) as usize;
         if free == 0 {
             break StopReason::AtCapacity;
         }
@@ -217,11 +217,21 @@ async fn reserve_for(
 ) -> anyhow::Result<(Vec<(Reserved, String)>, bool)> {
     let ids: Vec<Uuid> = messages.iter().filter_map(|m| m.job_id).collect();
     let reserved = store::reserve(&state.db, &ids, dispatch_lease(state).as_secs_f64()).await?;
-    let states: HashMap<Uuid, (JobStatus, chrono::DateTime<chrono::Utc>)> = store::due_states(&state.db, &ids)
-        .await?
-        .into_iter()
-        .map(|(id, s, at)| (id, (s, at)))
+    // Only messages whose job was not reserved need its state (usually none).
+    let others: Vec<Uuid> = ids
+        .iter()
+        .copied()
+        .filter(|id| !reserved.iter().any(|r| r.id == *id))
         .collect();
+    let states: HashMap<Uuid, (JobStatus, chrono::DateTime<chrono::Utc>)> = if others.is_empty() {
+        HashMap::new()
+    } else {
+        store::due_states(&state.db, &others)
+            .await?
+            .into_iter()
+            .map(|(id, s, at)| (id, (s, at)))
+            .collect()
+    };
 
     let mut receipts: HashMap<Uuid, String> = HashMap::new();
     let mut short_of_capacity = false;
@@ -233,8 +243,10 @@ async fn reserve_for(
             to_delete.push(m.receipt);
             continue;
         };
-        if reserved.iter().any(|r| r.id == id) && !receipts.contains_key(&id) {
-            receipts.insert(id, m.receipt);
+        if reserved.iter().any(|r| r.id == id) {
+            // A second delivery of a reserved job's message is left alone:
+            // the dispatch acts on the first one.
+            receipts.entry(id).or_insert(m.receipt);
             continue;
         }
         match states.get(&id) {

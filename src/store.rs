@@ -80,11 +80,24 @@ pub async fn capacity(ex: impl PgExecutor<'_>) -> sqlx::Result<(i32, i64)> {
     .await
 }
 
-/// Whether the downstream asked (with Retry-After) not to be sent anything yet.
-pub async fn downstream_busy(ex: impl PgExecutor<'_>) -> sqlx::Result<bool> {
-    sqlx::query_scalar("SELECT coalesce(busy_until > now(), false) FROM gate")
-        .fetch_one(ex)
-        .await
+/// What a drain needs to know before asking SQS for more, in one round trip.
+#[derive(Debug, Clone, Copy, sqlx::FromRow)]
+pub struct GateState {
+    pub limit: i32,
+    /// Jobs dispatching or running.
+    pub live: i64,
+    /// The downstream asked (with Retry-After) not to be sent anything yet.
+    pub busy: bool,
+}
+
+pub async fn gate_state(ex: impl PgExecutor<'_>) -> sqlx::Result<GateState> {
+    sqlx::query_as(
+        "SELECT max_concurrency AS limit, coalesce(busy_until > now(), false) AS busy, \
+                (SELECT count(*) FROM jobs WHERE status IN ('dispatching', 'running')) AS live \
+         FROM gate",
+    )
+    .fetch_one(ex)
+    .await
 }
 
 /// Records a Retry-After: nothing is submitted before `now + secs` (an
