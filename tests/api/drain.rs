@@ -211,7 +211,7 @@ async fn the_drain_answers_within_its_budget_and_finishes_in_the_background() {
     let started = Instant::now();
     let report = app.drain().await;
     assert!(
-        started.elapsed() < Duration::from_millis(1200),
+        started.elapsed() < Duration::from_millis(1500),
         "{:?}",
         started.elapsed()
     );
