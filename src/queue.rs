@@ -191,38 +191,33 @@ impl Queue {
 
     /// The queue's message retention period.
     pub async fn retention(&self) -> anyhow::Result<Duration> {
-        count("GetQueueAttributes");
-        let out = self
-            .client
-            .get_queue_attributes()
-            .queue_url(&self.url)
-            .attribute_names(QueueAttributeName::MessageRetentionPeriod)
-            .send()
+        self.attribute(QueueAttributeName::MessageRetentionPeriod)
             .await
-            .map_err(|e| anyhow::anyhow!("GetQueueAttributes: {}", aws_sdk_sqs::error::DisplayErrorContext(&e)))?;
-        out.attributes()
-            .and_then(|a| a.get(&QueueAttributeName::MessageRetentionPeriod))
-            .and_then(|v| v.parse().ok())
             .map(Duration::from_secs)
-            .ok_or_else(|| anyhow::anyhow!("GetQueueAttributes: no MessageRetentionPeriod"))
     }
 
     /// Approximate number of visible messages.
     pub async fn depth(&self) -> anyhow::Result<i64> {
+        self.attribute(QueueAttributeName::ApproximateNumberOfMessages)
+            .await
+            .map(|n| n as i64)
+    }
+
+    /// One numeric attribute of the queue.
+    async fn attribute(&self, name: QueueAttributeName) -> anyhow::Result<u64> {
         count("GetQueueAttributes");
         let out = self
             .client
             .get_queue_attributes()
             .queue_url(&self.url)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(name.clone())
             .send()
             .await
             .map_err(|e| anyhow::anyhow!("GetQueueAttributes: {}", aws_sdk_sqs::error::DisplayErrorContext(&e)))?;
-        Ok(out
-            .attributes()
-            .and_then(|a| a.get(&QueueAttributeName::ApproximateNumberOfMessages))
+        out.attributes()
+            .and_then(|a| a.get(&name))
             .and_then(|v| v.parse().ok())
-            .unwrap_or(0))
+            .ok_or_else(|| anyhow::anyhow!("GetQueueAttributes: no {}", name.as_str()))
     }
 }
 

@@ -167,16 +167,7 @@ async fn a_malformed_batch_envelope_fails_whole() {
 async fn a_full_batch_of_500_is_accepted() {
     let app = app().fast_sqs().spawn().await;
     let jobs: Vec<Value> = (0..500).map(|i| json!({"payload": {"i": i}})).collect();
-    let r = app
-        .http
-        .post(app.url("/jobs/batch"))
-        .bearer_auth(API_TOKEN)
-        .json(&json!({"jobs": jobs}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let v: Value = r.json().await.unwrap();
+    let v = app.submit_batch(jobs).await;
     let items = v["items"].as_array().unwrap();
     assert_eq!(items.len(), 500);
     for (i, item) in items.iter().enumerate() {

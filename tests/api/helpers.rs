@@ -323,6 +323,20 @@ impl TestApp {
         r.json().await.unwrap()
     }
 
+    /// POST /jobs/batch with these items (asserting 200); returns the body.
+    pub async fn submit_batch(&self, jobs: Vec<Value>) -> Value {
+        let r = self
+            .http
+            .post(self.url("/jobs/batch"))
+            .bearer_auth(API_TOKEN)
+            .json(&json!({ "jobs": jobs }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        r.json().await.unwrap()
+    }
+
     pub async fn get(&self, path: &str) -> Response {
         self.http
             .get(self.url(path))

@@ -159,15 +159,7 @@ async fn the_limit_holds_with_two_replicas_racing_drains_and_a_hostile_downstrea
     let jobs: Vec<Value> = (0..JOBS)
         .map(|i| json!({"payload": {"i": i}, "timeout_secs": 2}))
         .collect();
-    let r = a
-        .http
-        .post(a.url("/jobs/batch"))
-        .bearer_auth(API_TOKEN)
-        .json(&json!({"jobs": jobs}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    a.submit_batch(jobs).await;
 
     let deadline = Instant::now() + Duration::from_secs(120);
     let all_terminal = |app: Arc<TestApp>| async move {
