@@ -2095,9 +2095,9 @@ fn interpretation(k: &Facts, s: &Settings) -> String {
         let _ = write!(
             p,
             "**Dispatch:** {:.0} jobs/s with {} ms jobs; the downstream held at most {held:.0} of {} slots, so {} \
-             One drain loop takes at most 10 messages per iteration and runs about seven Postgres round trips \
-             one after another for them (Retry-After check, capacity count, BEGIN / gate lock / reserve / \
-             COMMIT, due states) besides the `ReceiveMessage`; each job then costs three more statements \
+             One drain loop takes at most 10 messages per iteration and runs five Postgres round trips one \
+             after another for them (the gate state: limit, live count and Retry-After in one query; BEGIN / \
+             gate lock / reserve / COMMIT) besides the `ReceiveMessage`; each job then costs three more statements \
              (the outcome transition, the callback's credential lookup and its transition): {:.2} Postgres \
              transactions, {:.1} rows inserted (3 `job_events` + 6 `job_count_deltas`) and {:.1} rows updated \
              per job, and Postgres was again the largest CPU user ({:.2} cores; emulator {:.2}, bench process \
@@ -2157,7 +2157,7 @@ fn interpretation(k: &Facts, s: &Settings) -> String {
              processed — the jobs live in Postgres and SQS, not in the process. `GET /stats` took {:.1} ms after \
              start and {:.1} ms after the drain: it sums `job_count_deltas`, which held {:.0} rows by then (a \
              trigger appends one row per insert and two per status change, and each replica compacts the table \
-             only every 60 s), so its cost grows with the throughput of the last minute.",
+             every 10 s), so its cost grows with the throughput of the last seconds.",
             m("idle"),
             m("enq_hwm"),
             s.mem_jobs,
