@@ -93,9 +93,13 @@ impl Queue {
     /// `visibility`.
     pub async fn receive(&self, max: usize, visibility: Duration) -> anyhow::Result<Vec<Received>> {
         count("ReceiveMessage");
+        // SentTimestamp is asked for under both names: some SQS-compatible
+        // servers (local-aws-sqs) know only the older `AttributeNames`.
+        #[allow(deprecated)]
         let out = self
             .client
             .receive_message()
+            .attribute_names(QueueAttributeName::from("SentTimestamp"))
             .queue_url(&self.url)
             .max_number_of_messages(max.clamp(1, SQS_BATCH) as i32)
             .visibility_timeout(visibility.as_secs().clamp(1, MAX_VISIBILITY_SECS as u64) as i32)
