@@ -4,6 +4,8 @@
 //! Every change of a job's status goes through a statement that also writes
 //! the job's event (a data-modifying CTE), so history and state never diverge.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
 use sqlx::{PgExecutor, PgPool, Postgres, Transaction};
@@ -124,51 +126,102 @@ pub enum Inserted {
     },
 }
 
-/// Inserts a queued job and its first event, or finds the job that already
-/// holds the idempotency key (waiting for a concurrent insert of the same key
-/// to commit or roll back).
-pub async fn insert_job(
+/// A job to insert: its new id, what was submitted, and its idempotency key.
+pub struct NewJob<'a> {
+    pub id: Uuid,
+    pub spec: &'a JobSpec,
+    pub key: Option<&'a IdempotencyKey>,
+}
+
+/// Inserts queued jobs and their first events in one statement, or finds the
+/// job that already holds an item's idempotency key (a concurrent insert of
+/// the same key is waited for). Results come in input order; within the
+/// input, a repeated key goes to its first item. Rows go in in key order, so
+/// two batches sharing keys lock them in the same order (no deadlock).
+pub async fn insert_jobs(
     tx: &mut Transaction<'_, Postgres>,
-    id: Uuid,
-    spec: &JobSpec,
-    key: Option<&IdempotencyKey>,
+    jobs: &[NewJob<'_>],
     default_timeout_secs: u32,
     default_max_attempts: u32,
-) -> sqlx::Result<Inserted> {
-    let fingerprint = key.map(|_| spec.fingerprint());
+) -> sqlx::Result<Vec<Inserted>> {
+    let fingerprints: Vec<Option<Vec<u8>>> = jobs.iter().map(|j| j.key.map(|_| j.spec.fingerprint())).collect();
     let sql = format!(
-        "WITH ins AS ( \
+        "WITH input AS ( \
+           SELECT * FROM unnest($1::uuid[], $2::text[], $3::int[], $4::int[], $5::text[], $6::bytea[]) \
+             WITH ORDINALITY AS t(id, payload, timeout_secs, max_attempts, idempotency_key, request_hash, ord)), \
+         ins AS ( \
            INSERT INTO jobs (id, payload, timeout_secs, max_attempts, idempotency_key, request_hash) \
-           VALUES ($1, $2::text::json, $3, $4, $5, $6) \
+           SELECT id, payload::json, timeout_secs, max_attempts, idempotency_key, request_hash \
+           FROM input ORDER BY idempotency_key, ord \
            ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
            RETURNING *), \
          ev AS (INSERT INTO job_events (job_id, from_status, to_status, attempt, reason) \
                 SELECT id, NULL, status, 0, 'submitted' FROM ins) \
          SELECT {JOB_COLUMNS} FROM ins"
     );
-    let row: Option<JobRow> = sqlx::query_as(&sql)
-        .bind(id)
-        .bind(spec.payload.get())
-        .bind(spec.timeout_secs.unwrap_or(default_timeout_secs) as i32)
-        .bind(spec.max_attempts.unwrap_or(default_max_attempts) as i32)
-        .bind(key.map(IdempotencyKey::as_str))
-        .bind(&fingerprint)
-        .fetch_optional(&mut **tx)
+    let rows: Vec<JobRow> = sqlx::query_as(&sql)
+        .bind(jobs.iter().map(|j| j.id).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.spec.payload.get()).collect::<Vec<_>>())
+        .bind(
+            jobs.iter()
+                .map(|j| j.spec.timeout_secs.unwrap_or(default_timeout_secs) as i32)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            jobs.iter()
+                .map(|j| j.spec.max_attempts.unwrap_or(default_max_attempts) as i32)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            jobs.iter()
+                .map(|j| j.key.map(IdempotencyKey::as_str))
+                .collect::<Vec<_>>(),
+        )
+        .bind(&fingerprints)
+        .fetch_all(&mut **tx)
         .await?;
-    if let Some(row) = row {
-        return Ok(Inserted::New(row.into()));
-    }
-    let key = key.expect("only an idempotency key can conflict");
-    let sql = format!("SELECT {JOB_COLUMNS}, request_hash FROM jobs WHERE idempotency_key = $1");
-    let (row, hash): (JobRow, Option<Vec<u8>>) = {
-        let r = sqlx::query(&sql).bind(key.as_str()).fetch_one(&mut **tx).await?;
+    let mut inserted: HashMap<Uuid, Job> = rows.into_iter().map(|r| (r.id, Job::from(r))).collect();
+
+    // Items that inserted nothing: their key was taken (before, or earlier in this input).
+    let taken: Vec<&str> = jobs
+        .iter()
+        .filter(|j| !inserted.contains_key(&j.id))
+        .filter_map(|j| j.key.map(IdempotencyKey::as_str))
+        .collect();
+    let mut holders: HashMap<String, (Job, Option<Vec<u8>>)> = HashMap::new();
+    if !taken.is_empty() {
         use sqlx::{FromRow, Row};
-        (JobRow::from_row(&r)?, r.try_get("request_hash")?)
-    };
-    Ok(Inserted::Existing {
-        job: row.into(),
-        same_request: hash == fingerprint,
-    })
+        let sql =
+            format!("SELECT {JOB_COLUMNS}, idempotency_key, request_hash FROM jobs WHERE idempotency_key = ANY($1)");
+        for r in sqlx::query(&sql).bind(&taken).fetch_all(&mut **tx).await? {
+            let key: String = r.try_get("idempotency_key")?;
+            holders.insert(key, (JobRow::from_row(&r)?.into(), r.try_get("request_hash")?));
+        }
+    }
+    let mut out = Vec::with_capacity(jobs.len());
+    for (j, fingerprint) in jobs.iter().zip(fingerprints) {
+        if let Some(job) = inserted.remove(&j.id) {
+            out.push(Inserted::New(job));
+            continue;
+        }
+        let key = j.key.expect("only an idempotency key can conflict").as_str();
+        let (job, hash) = holders.get(key).ok_or(sqlx::Error::RowNotFound)?;
+        out.push(Inserted::Existing {
+            job: clone_job(job),
+            same_request: *hash == fingerprint,
+        });
+    }
+    Ok(out)
+}
+
+fn clone_job(job: &Job) -> Job {
+    let raw = |r: &RawValue| RawValue::from_string(r.get().to_owned()).expect("already valid JSON");
+    Job {
+        payload: raw(&job.payload),
+        result: job.result.as_deref().map(raw),
+        error: job.error.clone(),
+        ..*job
+    }
 }
 
 /// Removes jobs whose SQS message could not be sent, within the transaction

@@ -134,26 +134,26 @@ async fn enqueue(
 ) -> ApiResult<Vec<Result<(StatusCode, Job), ApiError>>> {
     let c = &state.config;
     let mut tx = state.db.begin().await?;
-    let mut results = Vec::with_capacity(items.len());
+    let new: Vec<store::NewJob> = items
+        .iter()
+        .filter_map(|item| item.as_ref().ok())
+        .map(|p| store::NewJob {
+            id: Uuid::now_v7(),
+            spec: &p.spec,
+            key: p.key.as_ref(),
+        })
+        .collect();
+    let mut inserted = store::insert_jobs(&mut tx, &new, c.job_timeout_secs, c.max_attempts)
+        .await?
+        .into_iter();
     let mut new_ids = Vec::new();
+    let mut results = Vec::with_capacity(items.len());
     for item in items {
-        let p = match item {
-            Ok(p) => p,
-            Err(e) => {
-                results.push(Err(e));
-                continue;
-            }
-        };
-        let inserted = store::insert_job(
-            &mut tx,
-            Uuid::now_v7(),
-            &p.spec,
-            p.key.as_ref(),
-            c.job_timeout_secs,
-            c.max_attempts,
-        )
-        .await?;
-        results.push(match inserted {
+        if let Err(e) = item {
+            results.push(Err(e));
+            continue;
+        }
+        results.push(match inserted.next().expect("one result per valid item") {
             Inserted::New(job) => {
                 new_ids.push(job.id);
                 Ok((StatusCode::ACCEPTED, job))
