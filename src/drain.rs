@@ -223,14 +223,19 @@ async fn reserve_for(
         .copied()
         .filter(|id| !reserved.iter().any(|r| r.id == *id))
         .collect();
-    let states: HashMap<Uuid, (JobStatus, chrono::DateTime<chrono::Utc>)> = if others.is_empty() {
-        HashMap::new()
+    // The reserved jobs are live now: whatever happens next, they get
+    // dispatched. If the other jobs' states cannot be read, their messages
+    // are left alone (they come back after their visibility timeout).
+    let states: Option<HashMap<Uuid, (JobStatus, chrono::DateTime<chrono::Utc>)>> = if others.is_empty() {
+        Some(HashMap::new())
     } else {
-        store::due_states(&state.db, &others)
-            .await?
-            .into_iter()
-            .map(|(id, s, at)| (id, (s, at)))
-            .collect()
+        match store::due_states(&state.db, &others).await {
+            Ok(rows) => Some(rows.into_iter().map(|(id, s, at)| (id, (s, at))).collect()),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the state of received jobs; leaving their messages");
+                None
+            }
+        }
     };
 
     let mut receipts: HashMap<Uuid, String> = HashMap::new();
@@ -249,6 +254,7 @@ async fn reserve_for(
             receipts.entry(id).or_insert(m.receipt);
             continue;
         }
+        let Some(states) = &states else { continue };
         match states.get(&id) {
             None => {
                 let age = m.sent_at.map(|t| (now - t).to_std().unwrap_or_default());

@@ -117,9 +117,21 @@ impl From<sqlx::Error> for ApiError {
             | sqlx::Error::Tls(_)
             | sqlx::Error::Protocol(_)
             | sqlx::Error::WorkerCrashed => ApiError::unavailable("the database is unavailable; retry later", e),
+            // Failover, shutdown, overload and serialization/deadlock aborts:
+            // transient, the client may retry.
+            sqlx::Error::Database(db) if db.code().is_some_and(|c| is_transient_sqlstate(&c)) => {
+                ApiError::unavailable("the database is busy or failing over; retry later", e)
+            }
             _ => ApiError::Internal(e.into()),
         }
     }
+}
+
+/// SQLSTATE classes 08 (connection), 40 (transaction rollback: deadlock,
+/// serialization), 53 (insufficient resources), 57 (operator intervention:
+/// shutdown), and 25006 (read-only transaction, during a failover).
+fn is_transient_sqlstate(code: &str) -> bool {
+    ["08", "40", "53", "57"].iter().any(|class| code.starts_with(class)) || code == "25006"
 }
 
 /// Writes a problem response with the right content type.

@@ -18,18 +18,16 @@ const BATCH: i64 = 500;
 pub async fn resend_stale(db: &PgPool, queue: &Queue, older_than: Duration) -> anyhow::Result<u64> {
     let mut sent = 0;
     loop {
-        let mut tx = db.begin().await?;
-        // Locked (SKIP LOCKED) until commit, so two replicas never re-send
-        // the same job at once; the send happens while the rows are locked,
-        // as in enqueueing.
-        let ids = store::stale_queued(&mut tx, older_than.as_secs_f64(), BATCH).await?;
+        // No row lock is held while sending (a slow SQS must not stall the
+        // drains): two replicas may now and then send the same job twice,
+        // which is harmless.
+        let ids = store::stale_queued(db, older_than.as_secs_f64(), BATCH).await?;
         if ids.is_empty() {
             return Ok(sent);
         }
         let failed = queue.send_job_ids(&ids).await;
         let ok: Vec<_> = ids.iter().copied().filter(|id| !failed.contains(id)).collect();
-        store::mark_enqueued(&mut tx, &ok).await?;
-        tx.commit().await?;
+        store::mark_enqueued(db, &ok).await?;
         sent += ok.len() as u64;
         if !failed.is_empty() {
             anyhow::bail!(
@@ -45,13 +43,7 @@ pub async fn resend_stale(db: &PgPool, queue: &Queue, older_than: Duration) -> a
 }
 
 /// Half the queue's retention period, so a message is renewed well before
-/// SQS would drop it; two days if SQS does not say.
-pub async fn default_requeue_after(queue: &Queue) -> Duration {
-    match queue.retention().await {
-        Ok(retention) => retention / 2,
-        Err(e) => {
-            tracing::warn!(error = %e, "could not read the queue's retention period; assuming 4 days");
-            Duration::from_secs(2 * 24 * 3600)
-        }
-    }
+/// SQS would drop it.
+pub async fn default_requeue_after(queue: &Queue) -> anyhow::Result<Duration> {
+    Ok(queue.retention().await? / 2)
 }

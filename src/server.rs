@@ -1,13 +1,14 @@
-//! The HTTP server loop. axum's own `serve` sets no header-read timeout and
-//! no connection cap; this one does both (slow-client protection), and shuts
-//! down gracefully: stop accepting, let requests in flight finish.
+//! The HTTP/1.1 server loop. axum's own `serve` sets no header-read timeout
+//! and no connection cap; this one does both (slow-client protection), and
+//! shuts down gracefully: stop accepting, let requests in flight finish.
 
 use std::{future::Future, pin::pin, sync::Arc, time::Duration};
 
 use axum::Router;
+use hyper::server::conn::http1;
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulShutdown},
+    rt::{TokioIo, TokioTimer},
+    server::graceful::GracefulShutdown,
     service::TowerToHyperService,
 };
 use tokio::{net::TcpListener, sync::Semaphore};
@@ -47,13 +48,13 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown:
         let header_read_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
             let _permit = permit;
-            let mut builder = auto::Builder::new(TokioExecutor::new());
+            // HTTP/1.1 only: HTTP/2 detection would first wait for bytes
+            // with no timeout (a silent client would hold its connection).
+            let mut builder = http1::Builder::new();
             builder
-                .http1()
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_read_timeout)
                 .max_buf_size(64 * 1024);
-            builder.http2().timer(TokioTimer::new()).max_header_list_size(64 * 1024);
             let conn = builder.serve_connection(TokioIo::new(stream), service);
             if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(error = %e, "connection ended with an error");

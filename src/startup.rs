@@ -59,6 +59,7 @@ impl Application {
         if config.public_base_url.is_none() {
             config.public_base_url = Some(format!("http://{local}").parse().expect("a socket address makes a URL"));
         }
+        let config_pool_size = config.database_pool_size;
         let downstream = Downstream::new(config.downstream_url.clone(), config.dispatch_timeout())?;
         let queue = Queue::new(sqs, config.sqs_queue_url.clone());
         let state = AppState {
@@ -69,6 +70,7 @@ impl Application {
             tasks: TaskTracker::new(),
             refill: Arc::new(Notify::new()),
             metrics: crate::metrics::recorder(),
+            enqueue_slots: Arc::new(tokio::sync::Semaphore::new((config_pool_size / 2).max(1) as usize)),
             shutdown: CancellationToken::new(),
         };
         Ok(Self { listener, state })
@@ -180,16 +182,24 @@ async fn lease_loop(state: AppState) {
 
 /// Renews the messages of jobs queued for longer than the queue keeps them.
 async fn requeue_loop(state: AppState) {
-    let older_than = match state.config.requeue_after_secs {
-        Some(secs) => Duration::from_secs(secs),
-        None => crate::requeue::default_requeue_after(&state.queue).await,
-    };
+    let mut older_than = state.config.requeue_after_secs.map(Duration::from_secs);
     let mut t = tokio::time::interval(Duration::from_secs(60));
     loop {
         tokio::select! {
             _ = state.shutdown.cancelled() => return,
             _ = t.tick() => {}
         }
+        // Read from SQS until it answers (it may be down at start).
+        let older_than = match older_than {
+            Some(d) => d,
+            None => match crate::requeue::default_requeue_after(&state.queue).await {
+                Ok(d) => *older_than.insert(d),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the queue's retention period yet");
+                    continue;
+                }
+            },
+        };
         match crate::requeue::resend_stale(&state.db, &state.queue, older_than).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(resent = n, "renewed the SQS messages of long-queued jobs"),

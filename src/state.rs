@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{config::Config, downstream::Downstream, queue::Queue};
@@ -21,6 +21,10 @@ pub struct AppState {
     /// Wakes the refill task (coalesced: one permit at most).
     pub refill: Arc<Notify>,
     pub metrics: PrometheusHandle,
+    /// Enqueue transactions in flight at once (each holds a Postgres
+    /// connection while it sends to SQS; a slow SQS must not take the whole
+    /// pool from callbacks and drains).
+    pub enqueue_slots: Arc<Semaphore>,
     /// Cancelled when the process shuts down.
     pub shutdown: CancellationToken,
 }

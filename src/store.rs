@@ -380,7 +380,7 @@ pub async fn transition(ex: impl PgExecutor<'_>, id: Uuid, t: &Transition<'_>) -
 /// Extends the lease of a live job at this attempt by its timeout.
 pub async fn heartbeat(ex: impl PgExecutor<'_>, id: Uuid, attempt: i32) -> sqlx::Result<Option<Job>> {
     let sql = format!(
-        "UPDATE jobs SET lease_expires_at = now() + make_interval(secs => timeout_secs) \
+        "UPDATE jobs SET lease_expires_at = GREATEST(lease_expires_at, now() + make_interval(secs => timeout_secs)) \
          WHERE id = $1 AND attempts = $2 AND status IN ('dispatching', 'running') RETURNING {JOB_COLUMNS}"
     );
     Ok(sqlx::query_as::<_, JobRow>(&sql)
@@ -416,8 +416,14 @@ pub struct Reserved {
 /// changed by another reservation until this transaction commits.
 pub async fn reserve(pool: &PgPool, candidates: &[Uuid], dispatch_lease_secs: f64) -> sqlx::Result<Vec<Reserved>> {
     let mut tx = pool.begin().await?;
+    // The argument below needs READ COMMITTED whatever the server's default
+    // (under REPEATABLE READ the count would miss reservations committed
+    // while this one waited for the lock).
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        .execute(&mut *tx)
+        .await?;
     // Statement 1 takes the lock; statement 2 starts after it is granted, so
-    // its snapshot sees every reservation committed before (READ COMMITTED).
+    // its snapshot sees every reservation committed before.
     sqlx::query("SELECT 1 FROM gate FOR UPDATE").execute(&mut *tx).await?;
     let rows: Vec<(Uuid, i32, String, i32)> = sqlx::query_as(
         "WITH free AS ( \
@@ -493,28 +499,23 @@ pub async fn reclaim_expired(ex: impl PgExecutor<'_>) -> sqlx::Result<Vec<(JobSt
     .await
 }
 
-/// Queued jobs whose message was last sent more than `older_than_secs` ago,
-/// locked for the caller's transaction (others skip them).
-pub async fn stale_queued(
-    tx: &mut Transaction<'_, Postgres>,
-    older_than_secs: f64,
-    limit: i64,
-) -> sqlx::Result<Vec<Uuid>> {
+/// Queued jobs whose message was last sent more than `older_than_secs` ago.
+pub async fn stale_queued(ex: impl PgExecutor<'_>, older_than_secs: f64, limit: i64) -> sqlx::Result<Vec<Uuid>> {
     sqlx::query_scalar(
         "SELECT id FROM jobs WHERE status = 'queued' AND enqueued_at < now() - make_interval(secs => $1) \
-         ORDER BY enqueued_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+         ORDER BY enqueued_at LIMIT $2",
     )
     .bind(older_than_secs)
     .bind(limit)
-    .fetch_all(&mut **tx)
+    .fetch_all(ex)
     .await
 }
 
 /// Records that these jobs' messages were just sent.
-pub async fn mark_enqueued(tx: &mut Transaction<'_, Postgres>, ids: &[Uuid]) -> sqlx::Result<()> {
+pub async fn mark_enqueued(ex: impl PgExecutor<'_>, ids: &[Uuid]) -> sqlx::Result<()> {
     sqlx::query("UPDATE jobs SET enqueued_at = now() WHERE id = ANY($1)")
         .bind(ids)
-        .execute(&mut **tx)
+        .execute(ex)
         .await?;
     Ok(())
 }

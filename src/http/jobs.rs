@@ -133,6 +133,11 @@ async fn enqueue(
     items: Vec<Result<Pending, ApiError>>,
 ) -> ApiResult<Vec<Result<(StatusCode, Job), ApiError>>> {
     let c = &state.config;
+    let _slot = state
+        .enqueue_slots
+        .acquire()
+        .await
+        .expect("the semaphore is never closed");
     let mut tx = state.db.begin().await?;
     let new: Vec<store::NewJob> = items
         .iter()

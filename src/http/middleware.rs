@@ -30,6 +30,19 @@ pub async fn overloaded(_: BoxError) -> ApiError {
     }
 }
 
+/// Total size of a request's headers accepted, names and values together.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// Refuses requests whose headers are larger than [`MAX_HEADER_BYTES`] (431).
+pub async fn limit_header_size(req: Request, next: Next) -> Response {
+    let size: usize = req.headers().iter().map(|(n, v)| n.as_str().len() + v.len()).sum();
+    if size > MAX_HEADER_BYTES {
+        let detail = format!("request headers are larger than {MAX_HEADER_BYTES} bytes");
+        return problem_response(&Problem::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, None, detail));
+    }
+    next.run(req).await
+}
+
 pub async fn not_found() -> ApiError {
     ApiError::NotFound("no such route".into())
 }
@@ -76,7 +89,12 @@ pub fn panic_response(err: Box<dyn Any + Send + 'static>) -> Response {
 /// `sluicegate_http_request_duration_seconds{method,route,status}`.
 pub async fn record_metrics(req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = req.method().as_str().to_owned();
+    // Only standard methods become label values: arbitrary ones would make
+    // a new series each (unbounded memory, for anyone without a token).
+    let method = match req.method().as_str() {
+        m @ ("GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS") => m.to_owned(),
+        _ => "other".to_owned(),
+    };
     let route = req
         .extensions()
         .get::<MatchedPath>()

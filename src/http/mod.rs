@@ -263,6 +263,7 @@ pub fn router(state: AppState) -> Router {
                 .layer(PropagateRequestIdLayer::x_request_id())
                 .layer(middleware::trace_layer())
                 .layer(axum::middleware::from_fn(middleware::problem_for_bare_errors))
+                .layer(axum::middleware::from_fn(middleware::limit_header_size))
                 .layer(CatchPanicLayer::custom(middleware::panic_response))
                 .layer(TimeoutLayer::with_status_code(
                     axum::http::StatusCode::REQUEST_TIMEOUT,

@@ -240,3 +240,40 @@ async fn the_internal_ticker_drains_without_a_scheduler() {
         .await
     );
 }
+
+#[tokio::test]
+async fn a_heartbeat_never_shortens_a_dispatching_lease() {
+    // The submission is still in flight (3 s) when a heartbeat comes for a
+    // job whose own timeout (1 s) is shorter than the dispatch lease.
+    let ds = Downstream::start(|_| Reply::after(Duration::from_secs(3), 202)).await;
+    let app = app()
+        .downstream(&ds.url)
+        .config(|c| c.drain_budget_ms = 300)
+        .spawn()
+        .await;
+    let r = app.post_job(json!({"payload": 1, "timeout_secs": 1})).await;
+    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    app.drain().await;
+    assert!(eventually(Duration::from_secs(2), || async { !ds.seen().is_empty() }).await);
+    let token = ds.token_for(&id);
+    let r = app
+        .http
+        .post(app.url(&format!("/jobs/{id}/heartbeat")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        app.drain().await["reclaimed"],
+        0,
+        "the slot stays held while the submission is in flight"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            app.status_of(&id).await == "running"
+        })
+        .await
+    );
+}
