@@ -99,30 +99,14 @@ pub async fn drain(state: &AppState) -> anyhow::Result<DrainReport> {
 
     let (tx, mut rx) = mpsc::unbounded_channel::<Finished>();
     let mut in_flight = 0usize;
-    let mut accepted = 0i64;
-    let mut busy = false;
-    let mut to_delete = Vec::new();
-    let mut to_release = Vec::new();
-    let collect =
-        |f: Finished, accepted: &mut i64, busy: &mut bool, d: &mut Vec<String>, r: &mut Vec<(String, Duration)>| {
-            match f.outcome {
-                Outcome::Accepted(_) => *accepted += 1,
-                Outcome::Busy { .. } => *busy = true,
-                _ => {}
-            }
-            match f.action {
-                MessageAction::Delete(m) => d.push(m),
-                MessageAction::Release(m, delay) => r.push((m, delay)),
-                MessageAction::Leave => {}
-            }
-        };
+    let mut tally = Tally::default();
 
     let stop_reason = loop {
         while let Ok(f) = rx.try_recv() {
             in_flight -= 1;
-            collect(f, &mut accepted, &mut busy, &mut to_delete, &mut to_release);
+            tally.add(f);
         }
-        if busy {
+        if tally.busy {
             break StopReason::DownstreamBusy;
         }
         if Instant::now() >= stop_taking_by {
@@ -140,7 +124,7 @@ pub async fn drain(state: &AppState) -> anyhow::Result<DrainReport> {
         if messages.is_empty() {
             break StopReason::QueueEmpty;
         }
-        let (reserved, short_of_capacity) = reserve_for(state, messages, &mut to_delete, &mut to_release).await?;
+        let (reserved, short_of_capacity) = reserve_for(state, messages, &mut tally.delete, &mut tally.release).await?;
         for (job, receipt) in reserved {
             in_flight += 1;
             let (state, tx) = (state.clone(), tx.clone());
@@ -148,7 +132,9 @@ pub async fn drain(state: &AppState) -> anyhow::Result<DrainReport> {
                 let finished = dispatch(&state, job, receipt).await;
                 // Once the drain has answered, the task acts on the message itself.
                 if let Err(mpsc::error::SendError(f)) = tx.send(finished) {
-                    act(&state, vec![f.action]).await;
+                    let mut own = Tally::default();
+                    own.add(f);
+                    own.act_on_messages(&state).await;
                 }
             });
         }
@@ -163,7 +149,7 @@ pub async fn drain(state: &AppState) -> anyhow::Result<DrainReport> {
         match tokio::time::timeout_at(answer_by.into(), rx.recv()).await {
             Ok(Some(f)) => {
                 in_flight -= 1;
-                collect(f, &mut accepted, &mut busy, &mut to_delete, &mut to_release);
+                tally.add(f);
             }
             Ok(None) | Err(_) => break,
         }
@@ -171,22 +157,56 @@ pub async fn drain(state: &AppState) -> anyhow::Result<DrainReport> {
     rx.close();
     while let Ok(f) = rx.try_recv() {
         in_flight -= 1;
-        collect(f, &mut accepted, &mut busy, &mut to_delete, &mut to_release);
+        tally.add(f);
     }
-    tokio::join!(state.queue.delete(&to_delete), state.queue.release(&to_release));
+    tally.act_on_messages(state).await;
 
-    let stop_reason = if busy { StopReason::DownstreamBusy } else { stop_reason };
+    let stop_reason = if tally.busy {
+        StopReason::DownstreamBusy
+    } else {
+        stop_reason
+    };
     let (limit, live) = store::capacity(&state.db).await?;
     metrics::gauge!("sluicegate_running").set(live as f64);
     metrics::gauge!("sluicegate_limit").set(f64::from(limit));
     metrics::histogram!("sluicegate_drain_duration_seconds").record(started.elapsed().as_secs_f64());
     Ok(DrainReport {
-        dispatched: accepted + in_flight as i64,
+        dispatched: tally.accepted + in_flight as i64,
         reclaimed: reclaimed as i64,
         running: live,
         limit: limit.into(),
         stop_reason,
     })
+}
+
+/// What the submissions of one drain came to, and what to do with their
+/// messages (done in batches before the drain answers).
+#[derive(Default)]
+struct Tally {
+    accepted: i64,
+    busy: bool,
+    delete: Vec<String>,
+    release: Vec<(String, Duration)>,
+}
+
+impl Tally {
+    fn add(&mut self, f: Finished) {
+        match f.outcome {
+            Outcome::Accepted(_) => self.accepted += 1,
+            Outcome::Busy { .. } => self.busy = true,
+            _ => {}
+        }
+        match f.action {
+            MessageAction::Delete(m) => self.delete.push(m),
+            MessageAction::Release(m, delay) => self.release.push((m, delay)),
+            MessageAction::Leave => {}
+        }
+    }
+
+    /// Deletes and releases the messages, in batches.
+    async fn act_on_messages(&self, state: &AppState) {
+        tokio::join!(state.queue.delete(&self.delete), state.queue.release(&self.release));
+    }
 }
 
 /// Frees the slots of expired leases (see `store::reclaim_expired`), counts
@@ -379,19 +399,6 @@ async fn apply_with_retry(state: &AppState, id: Uuid, t: &Transition<'_>) -> Opt
     }
     tracing::error!(job_id = %id, "could not record a submission outcome; the lease will reclaim the slot");
     None
-}
-
-async fn act(state: &AppState, actions: Vec<MessageAction>) {
-    let mut delete = Vec::new();
-    let mut release = Vec::new();
-    for a in actions {
-        match a {
-            MessageAction::Delete(m) => delete.push(m),
-            MessageAction::Release(m, d) => release.push((m, d)),
-            MessageAction::Leave => {}
-        }
-    }
-    tokio::join!(state.queue.delete(&delete), state.queue.release(&release));
 }
 
 #[cfg(test)]
