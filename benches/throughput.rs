@@ -2070,9 +2070,9 @@ fn interpretation(k: &Facts, s: &Settings) -> String {
              {:.0} requests/s the machine was {:.2} of {cores} cores busy (Postgres {:.2}, emulator {:.2}, bench \
              process {:.2}); the clients run a closed loop, so the latency mirrors the rate (p50 {:.1} ms against \
              {} clients ÷ {:.0} requests/s = {:.1} ms by Little's law). Batching amortises the HTTP request, the commit and SQS (50 `SendMessageBatch` \
-             of 10, sent concurrently): {:.0} jobs/s, **{:.1}× the single rate**; what remains is that a batch \
-             still inserts its {BATCH} jobs one statement at a time in its transaction ({:.1} ms per request = \
-             {:.2} ms per job), with Postgres the largest CPU user ({:.2} cores). ",
+             of 10, sent concurrently): {:.0} jobs/s, **{:.1}× the single rate**; a batch inserts its {BATCH} jobs \
+             and their events in one statement ({:.1} ms per request = {:.2} ms per job), with Postgres the \
+             largest CPU user ({:.2} cores). ",
             m("single"),
             m("a_machine_single"),
             m("a_pg_single"),
