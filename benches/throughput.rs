@@ -507,6 +507,7 @@ fn config(database_url: &str, queue_url: &str, downstream_url: &str) -> Config {
         max_connections: 8192,
         database_pool_size: 20,
         lease_sweep_interval_secs: 15,
+        enqueue_timeout_secs: 15,
         orphan_message_grace_secs: 120,
         requeue_after_secs: None,
         allow_weak_secrets: false,

@@ -184,8 +184,15 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub lease_sweep_interval_secs: u64,
 
+    /// The longest an enqueue (insert, SQS send, commit) may take; past it the
+    /// transaction is rolled back and the client gets 503.
+    #[arg(long, env = "ENQUEUE_TIMEOUT_SECS", value_name = "ENQUEUE_TIMEOUT_SECS", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub enqueue_timeout_secs: u64,
+
     /// An SQS message naming a job that does not exist is kept this many
     /// seconds (its enqueueing transaction may still commit), then deleted.
+    /// At least ENQUEUE_TIMEOUT_SECS + 60 (clock skew against SQS).
     #[arg(long, env = "ORPHAN_MESSAGE_GRACE_SECS", value_name = "ORPHAN_MESSAGE_GRACE_SECS", default_value_t = 120,
           value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub orphan_message_grace_secs: u64,
@@ -205,6 +212,9 @@ pub struct Config {
 }
 
 pub const MAX_JOB_TIMEOUT_SECS: u32 = 7 * 24 * 3600;
+/// How far this host's clock may be from SQS's (`SentTimestamp`) without an
+/// orphan message being deleted while its job can still commit.
+pub const CLOCK_SKEW_ALLOWANCE_SECS: u64 = 60;
 pub const MAX_ATTEMPTS_CAP: u32 = 100;
 
 /// A configuration problem: which variable, and what is wrong with it.
@@ -295,7 +305,24 @@ impl Config {
                 problem: "must start with postgres:// or postgresql://".into(),
             });
         }
+        // A message whose job is not in Postgres is deleted once it is older
+        // than the grace: its enqueue must have ended (committed or rolled
+        // back) by then, or a committed job would lose its message.
+        let floor = self.enqueue_timeout_secs + CLOCK_SKEW_ALLOWANCE_SECS;
+        if self.orphan_message_grace_secs < floor {
+            return Err(ConfigError {
+                variable: "ORPHAN_MESSAGE_GRACE_SECS",
+                problem: format!(
+                    "must be at least ENQUEUE_TIMEOUT_SECS ({}) + {CLOCK_SKEW_ALLOWANCE_SECS} s of clock skew = {floor}, got {}",
+                    self.enqueue_timeout_secs, self.orphan_message_grace_secs
+                ),
+            });
+        }
         Ok(warnings)
+    }
+
+    pub fn enqueue_timeout(&self) -> Duration {
+        Duration::from_secs(self.enqueue_timeout_secs)
     }
 
     /// The base URL the downstream calls back on, without a trailing slash.
@@ -402,5 +429,18 @@ mod tests {
         assert!(parse(&["--refill-on-callback", "maybe"]).is_err());
         assert!(!parse(&["--refill-on-callback", "false"]).unwrap().refill_on_callback);
         assert!(parse(&["--database-url", "mysql://x"]).unwrap().validate().is_err());
+    }
+
+    #[test]
+    fn the_orphan_grace_outlasts_an_enqueue() {
+        let c = parse(&["--orphan-message-grace-secs", "0"]).unwrap();
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.variable, "ORPHAN_MESSAGE_GRACE_SECS");
+        assert!(e.to_string().contains("ENQUEUE_TIMEOUT_SECS (15)"), "{e}");
+        assert!(!e.to_string().contains('\n'));
+        let c = parse(&["--enqueue-timeout-secs", "100", "--orphan-message-grace-secs", "159"]).unwrap();
+        assert_eq!(c.validate().unwrap_err().variable, "ORPHAN_MESSAGE_GRACE_SECS");
+        let c = parse(&["--enqueue-timeout-secs", "100", "--orphan-message-grace-secs", "160"]).unwrap();
+        assert!(c.validate().is_ok());
     }
 }

@@ -84,7 +84,9 @@ pub struct Job {
     /// The JSON the client submitted, returned verbatim (any JSON value).
     #[schema(value_type = serde_json::Value)]
     pub payload: Box<RawValue>,
-    /// Submissions to the downstream that counted as attempts (a 429/503 does not).
+    /// Attempts used: submissions to the downstream that count against
+    /// `max_attempts`. One the downstream refused with 429/503 does not (it
+    /// still has its own attempt number in the submission and its events).
     #[schema(minimum = 0)]
     pub attempts: i32,
     /// When the job was submitted.
@@ -116,7 +118,9 @@ pub struct JobEvent {
     pub from: Option<JobStatus>,
     /// The status after.
     pub to: JobStatus,
-    /// The job's attempt number at the time (0 before its first submission).
+    /// The number of the submission it concerns, as the downstream saw it
+    /// (`attempt`, and the suffix of its `Idempotency-Key`); 0 before the
+    /// first. Every submission has its own, a refused one (429/503) included.
     #[schema(minimum = 0)]
     pub attempt: i32,
     /// Why it happened, e.g. `submitted`, `downstream 503`, `lease expired`, `callback`.

@@ -13,21 +13,41 @@ pub enum Outcome {
     /// 2xx: the job is running.
     Accepted(u16),
     /// 429 or 503: the downstream is full; no attempt is used.
-    Busy { status: u16, retry_after: Option<Duration> },
+    Busy {
+        status: u16,
+        /// The `Retry-After` to honour, at most `MAX_RETRY_AFTER`.
+        retry_after: Option<Duration>,
+        /// The `Retry-After` the downstream asked for, if it was longer than that.
+        capped_from: Option<Duration>,
+    },
     /// Any other 4xx: the job is rejected for good.
     Rejected { status: u16, detail: String },
-    /// 5xx, timeout or connection error: retried with back-off.
+    /// 5xx, or the connection could not be made: the job was not taken;
+    /// retried with back-off.
     Transient { reason: String },
+    /// A timeout, or the connection lost after the request was sent: the
+    /// downstream may be running the job. It keeps its slot until a callback,
+    /// a heartbeat or the end of its lease says more.
+    Unknown { reason: String },
 }
 
 impl Outcome {
     /// The reason written to the job's history.
     pub fn reason(&self) -> String {
         match self {
+            Outcome::Busy {
+                status,
+                capped_from: Some(asked),
+                retry_after,
+            } => format!(
+                "downstream {status} (Retry-After of {} s cut to {} s)",
+                asked.as_secs(),
+                retry_after.unwrap_or_default().as_secs()
+            ),
             Outcome::Accepted(s) | Outcome::Busy { status: s, .. } | Outcome::Rejected { status: s, .. } => {
                 format!("downstream {s}")
             }
-            Outcome::Transient { reason } => reason.clone(),
+            Outcome::Transient { reason } | Outcome::Unknown { reason } => reason.clone(),
         }
     }
 }
@@ -48,8 +68,11 @@ pub struct Downstream {
     url: Url,
 }
 
-/// Longest `Retry-After` honoured.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+/// Longest `Retry-After` honoured: a longer one is cut to this, and the cut
+/// is written in the job's history and counted in
+/// `sluicegate_retry_after_capped_total` (a downstream asking for a day's
+/// pause is more likely misconfigured than meaning it).
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 impl Downstream {
     pub fn new(url: Url, timeout: Duration) -> anyhow::Result<Self> {
@@ -74,14 +97,18 @@ impl Downstream {
             .await;
         let outcome = match result {
             Ok(resp) => classify(resp).await,
-            Err(e) if e.is_timeout() => Outcome::Transient {
-                reason: "downstream timeout".into(),
-            },
+            // Checked first: a connect timeout is also a timeout, but nothing
+            // was sent.
             Err(e) if e.is_connect() => Outcome::Transient {
                 reason: "downstream connection error".into(),
             },
-            Err(_) => Outcome::Transient {
-                reason: "downstream request error".into(),
+            Err(e) if e.is_timeout() => Outcome::Unknown {
+                reason: "downstream timeout: outcome unknown".into(),
+            },
+            // The connection broke while the request was (or had been) sent:
+            // the downstream may have taken the job.
+            Err(_) => Outcome::Unknown {
+                reason: "downstream connection lost: outcome unknown".into(),
             },
         };
         let label = match &outcome {
@@ -89,6 +116,7 @@ impl Downstream {
             Outcome::Busy { .. } => "busy",
             Outcome::Rejected { .. } => "rejected",
             Outcome::Transient { .. } => "error",
+            Outcome::Unknown { .. } => "unknown",
         };
         metrics::histogram!("sluicegate_downstream_request_duration_seconds", "outcome" => label)
             .record(started.elapsed().as_secs_f64());
@@ -102,15 +130,15 @@ async fn classify(resp: reqwest::Response) -> Outcome {
         return Outcome::Accepted(status.as_u16());
     }
     if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
-        let retry_after = resp
+        let asked = resp
             .headers()
             .get(header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after)
-            .map(|d| d.min(MAX_RETRY_AFTER));
+            .and_then(parse_retry_after);
         return Outcome::Busy {
             status: status.as_u16(),
-            retry_after,
+            retry_after: asked.map(|d| d.min(MAX_RETRY_AFTER)),
+            capped_from: asked.filter(|d| *d > MAX_RETRY_AFTER),
         };
     }
     if status.is_client_error() {

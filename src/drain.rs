@@ -23,7 +23,7 @@ use crate::{
     downstream::{Outcome, Submission},
     queue::{Received, SQS_BATCH},
     state::AppState,
-    store::{self, Reserved, Transition},
+    store::{self, DueState, Reserved, Transition},
 };
 
 /// Why a drain stopped taking jobs: `at_capacity` (no free slot),
@@ -58,14 +58,37 @@ pub struct DrainReport {
 /// with jitter in [50%, 100%].
 const BACKOFF_BASE: Duration = Duration::from_secs(1);
 const BACKOFF_CAP: Duration = Duration::from_secs(300);
+/// How much longer than its submission's HTTP timeout a reserved job may stay
+/// `dispatching` before its slot is reclaimed (a replica died mid-submission).
+const DISPATCH_LEASE_MARGIN: Duration = Duration::from_secs(60);
+/// The share of `DRAIN_BUDGET_MS` after which a drain takes no more jobs.
+const TAKE_JOBS_SHARE: f64 = 0.7;
+/// The longest a drain waits on an SQS long poll (see [`receive`]).
+const LONG_POLL: Duration = Duration::from_secs(2);
+/// A message that names no job yet is hidden this long before it is looked
+/// at again (its enqueue may still be committing).
+const ORPHAN_RECHECK: Duration = Duration::from_secs(30);
+/// Added to a release delay so that SQS (whole seconds) never shows a
+/// message before its job is due.
+const DUE_SLACK: Duration = Duration::from_secs(1);
 
 /// What to do with a job's SQS message once its submission is decided.
 #[derive(Debug, Clone)]
 enum MessageAction {
     Delete(String),
-    Release(String, Duration),
+    Release(Release),
     /// Leave it hidden: it comes back when its visibility ends.
     Leave,
+}
+
+/// A message to make visible again after `delay`.
+#[derive(Debug, Clone)]
+struct Release {
+    receipt: String,
+    delay: Duration,
+    /// The job that still needs this message: if SQS cannot release it (the
+    /// message is gone), a fresh one is sent for it.
+    job: Option<Uuid>,
 }
 
 struct Finished {
@@ -83,7 +106,7 @@ pub fn backoff(attempt: i32) -> Duration {
 /// How long a reserved job may stay `dispatching` before its slot is
 /// reclaimed, and how long a received message stays hidden.
 fn dispatch_lease(state: &AppState) -> Duration {
-    state.config.dispatch_timeout() + Duration::from_secs(60)
+    state.config.dispatch_timeout() + DISPATCH_LEASE_MARGIN
 }
 
 /// One drain: answers within `DRAIN_BUDGET_MS`. Submissions still in flight
@@ -93,7 +116,7 @@ pub async fn drain(state: &AppState) -> anyhow::Result<DrainReport> {
     let budget = state.config.drain_budget();
     let margin = (budget / 10).min(Duration::from_millis(300));
     let answer_by = started + budget - margin;
-    let stop_taking_by = started + budget.mul_f64(0.7);
+    let stop_taking_by = started + budget.mul_f64(TAKE_JOBS_SHARE);
 
     let reclaimed = reclaim(state).await?;
 
@@ -120,12 +143,14 @@ pub async fn drain(state: &AppState) -> anyhow::Result<DrainReport> {
         if free == 0 {
             break StopReason::AtCapacity;
         }
-        let messages = state.queue.receive(free.min(SQS_BATCH), dispatch_lease(state)).await?;
+        let messages = receive(state, free.min(SQS_BATCH), stop_taking_by).await?;
         if messages.is_empty() {
             break StopReason::QueueEmpty;
         }
-        let (reserved, short_of_capacity) = reserve_for(state, messages, &mut tally.delete, &mut tally.release).await?;
-        for (job, receipt) in reserved {
+        let sorted = reserve_for(state, messages).await?;
+        tally.delete.extend(sorted.delete);
+        tally.release.extend(sorted.release);
+        for (job, receipt) in sorted.reserved {
             in_flight += 1;
             let (state, tx) = (state.clone(), tx.clone());
             state.tasks.clone().spawn(async move {
@@ -138,8 +163,8 @@ pub async fn drain(state: &AppState) -> anyhow::Result<DrainReport> {
                 }
             });
         }
-        if short_of_capacity {
-            break StopReason::AtCapacity;
+        if let Some(reason) = sorted.shortfall {
+            break reason;
         }
     };
     drop(tx);
@@ -179,6 +204,25 @@ pub async fn drain(state: &AppState) -> anyhow::Result<DrainReport> {
     })
 }
 
+/// Receives up to `max` messages, hidden for the dispatch lease. A short poll
+/// asks only a sample of SQS's servers and can come back empty while a small
+/// queue holds messages; so an empty answer is believed only if Postgres knows
+/// no queued job that is due. Otherwise one long poll (which asks every
+/// server, and returns as soon as a message is there) follows, for as long as
+/// the drain may still take jobs, at most [`LONG_POLL`].
+async fn receive(state: &AppState, max: usize, stop_taking_by: Instant) -> anyhow::Result<Vec<Received>> {
+    let lease = dispatch_lease(state);
+    let messages = state.queue.receive(max, lease, Duration::ZERO).await?;
+    if !messages.is_empty() {
+        return Ok(messages);
+    }
+    let wait = stop_taking_by.saturating_duration_since(Instant::now()).min(LONG_POLL);
+    if wait < Duration::from_secs(1) || !store::any_queued_due(&state.db).await? {
+        return Ok(messages);
+    }
+    state.queue.receive(max, lease, wait).await
+}
+
 /// What the submissions of one drain came to, and what to do with their
 /// messages (done in batches before the drain answers).
 #[derive(Default)]
@@ -186,7 +230,7 @@ struct Tally {
     accepted: i64,
     busy: bool,
     delete: Vec<String>,
-    release: Vec<(String, Duration)>,
+    release: Vec<Release>,
 }
 
 impl Tally {
@@ -198,14 +242,45 @@ impl Tally {
         }
         match f.action {
             MessageAction::Delete(m) => self.delete.push(m),
-            MessageAction::Release(m, delay) => self.release.push((m, delay)),
+            MessageAction::Release(r) => self.release.push(r),
             MessageAction::Leave => {}
         }
     }
 
-    /// Deletes and releases the messages, in batches.
+    /// Deletes and releases the messages, in batches. A message SQS cannot
+    /// release may be gone (a purge, the retention period): its job, still
+    /// waiting for it, gets a fresh one.
     async fn act_on_messages(&self, state: &AppState) {
-        tokio::join!(state.queue.delete(&self.delete), state.queue.release(&self.release));
+        let receipts: Vec<(String, Duration)> = self.release.iter().map(|r| (r.receipt.clone(), r.delay)).collect();
+        let ((), failed) = tokio::join!(state.queue.delete(&self.delete), state.queue.release(&receipts));
+        let resend: Vec<(Uuid, Duration)> = failed
+            .iter()
+            .filter_map(|&i| self.release.get(i))
+            .filter_map(|r| r.job.map(|job| (job, r.delay)))
+            .collect();
+        if !resend.is_empty() {
+            resend_messages(state, &resend).await;
+        }
+    }
+}
+
+/// Sends a fresh message for jobs whose message could not be released.
+async fn resend_messages(state: &AppState, jobs: &[(Uuid, Duration)]) {
+    for (job, _) in jobs {
+        tracing::warn!(job_id = %job, "the job's SQS message is gone; sending a fresh one");
+    }
+    let failed = state.queue.send_delayed(jobs).await;
+    let sent: Vec<Uuid> = jobs
+        .iter()
+        .map(|(id, _)| *id)
+        .filter(|id| !failed.contains(id))
+        .collect();
+    metrics::counter!(crate::metrics::MESSAGES_RESENT, "reason" => "release_failed").increment(sent.len() as u64);
+    if let Err(e) = store::mark_enqueued(&state.db, &sent).await {
+        tracing::warn!(error = %e, "could not record the re-sent messages");
+    }
+    for job in failed {
+        tracing::error!(job_id = %job, "could not send a fresh SQS message; the requeue sweeper will");
     }
 }
 
@@ -226,31 +301,33 @@ pub async fn reclaim(state: &AppState) -> anyhow::Result<u64> {
     Ok(total)
 }
 
-/// Reserves slots for the received messages' jobs. Returns the reserved jobs
-/// with their message, and whether capacity ran out before every due job got
-/// a slot. Messages that need no dispatch are sorted into delete/release.
-async fn reserve_for(
-    state: &AppState,
-    messages: Vec<Received>,
-    to_delete: &mut Vec<String>,
-    to_release: &mut Vec<(String, Duration)>,
-) -> anyhow::Result<(Vec<(Reserved, String)>, bool)> {
+/// The received messages, sorted: the jobs that got a slot (with their
+/// message), the messages to delete or release, and why the drain must stop
+/// taking jobs, if it must.
+struct Sorted {
+    reserved: Vec<(Reserved, String)>,
+    delete: Vec<String>,
+    release: Vec<Release>,
+    /// Due jobs were left without a slot: no capacity, or a `Retry-After`.
+    shortfall: Option<StopReason>,
+}
+
+/// Reserves slots for the received messages' jobs and sorts the messages.
+async fn reserve_for(state: &AppState, messages: Vec<Received>) -> anyhow::Result<Sorted> {
     let ids: Vec<Uuid> = messages.iter().filter_map(|m| m.job_id).collect();
-    let reserved = store::reserve(&state.db, &ids, dispatch_lease(state).as_secs_f64()).await?;
+    let reservation = store::reserve(&state.db, &ids, dispatch_lease(state).as_secs_f64()).await?;
+    let reserved = reservation.jobs;
+    let is_reserved = |id: &Uuid| reserved.iter().any(|r| r.id == *id);
     // Only messages whose job was not reserved need its state (usually none).
-    let others: Vec<Uuid> = ids
-        .iter()
-        .copied()
-        .filter(|id| !reserved.iter().any(|r| r.id == *id))
-        .collect();
+    let others: Vec<Uuid> = ids.iter().copied().filter(|id| !is_reserved(id)).collect();
     // The reserved jobs are live now: whatever happens next, they get
     // dispatched. If the other jobs' states cannot be read, their messages
     // are left alone (they come back after their visibility timeout).
-    let states: Option<HashMap<Uuid, (JobStatus, chrono::DateTime<chrono::Utc>)>> = if others.is_empty() {
+    let states: Option<HashMap<Uuid, DueState>> = if others.is_empty() {
         Some(HashMap::new())
     } else {
         match store::due_states(&state.db, &others).await {
-            Ok(rows) => Some(rows.into_iter().map(|(id, s, at)| (id, (s, at))).collect()),
+            Ok(rows) => Some(rows.into_iter().map(|d| (d.id, d)).collect()),
             Err(e) => {
                 tracing::warn!(error = %e, "could not read the state of received jobs; leaving their messages");
                 None
@@ -258,56 +335,75 @@ async fn reserve_for(
         }
     };
 
+    let mut sorted = Sorted {
+        reserved: Vec::new(),
+        delete: Vec::new(),
+        release: Vec::new(),
+        shortfall: None,
+    };
     let mut receipts: HashMap<Uuid, String> = HashMap::new();
-    let mut short_of_capacity = false;
     let now = chrono::Utc::now();
+    let until = |t: chrono::DateTime<chrono::Utc>| (t - now).to_std().unwrap_or_default() + DUE_SLACK;
     let orphan_grace = Duration::from_secs(state.config.orphan_message_grace_secs);
     for m in messages {
         let Some(id) = m.job_id else {
             tracing::warn!("deleting an SQS message that does not name a job");
-            to_delete.push(m.receipt);
+            sorted.delete.push(m.receipt);
             continue;
         };
-        if reserved.iter().any(|r| r.id == id) {
+        if is_reserved(&id) {
             // A second delivery of a reserved job's message is left alone:
             // the dispatch acts on the first one.
             receipts.entry(id).or_insert(m.receipt);
             continue;
         }
         let Some(states) = &states else { continue };
+        let release = |delay: Duration, job: Option<Uuid>| Release {
+            receipt: m.receipt.clone(),
+            delay,
+            job,
+        };
         match states.get(&id) {
             None => {
                 let age = m.sent_at.map(|t| (now - t).to_std().unwrap_or_default());
                 if age.is_none_or(|a| a >= orphan_grace) {
                     tracing::warn!(job_id = %id, "deleting an SQS message whose job does not exist");
-                    to_delete.push(m.receipt);
+                    sorted.delete.push(m.receipt);
                 } else {
-                    to_release.push((m.receipt, Duration::from_secs(30)));
+                    sorted.release.push(release(ORPHAN_RECHECK, None));
                 }
             }
-            // Dispatched (or being dispatched) under another message: a
-            // duplicate delivery. Its own receipt is handled by that dispatch.
-            Some((JobStatus::Dispatching, _)) => {}
-            Some((s, _)) if s.is_terminal() || *s == JobStatus::Running => to_delete.push(m.receipt),
-            Some((_, due)) if *due > now => {
-                let wait = (*due - now).to_std().unwrap_or_default();
-                to_release.push((m.receipt, wait + Duration::from_millis(999)));
+            // Being dispatched under another delivery of this message, or
+            // after a submission whose outcome is unknown: hidden until its
+            // lease ends (its own receipt is handled by its dispatch).
+            Some(d) if d.status == JobStatus::Dispatching => {
+                let delay = d.lease_expires_at.map_or(Duration::ZERO, until);
+                sorted.release.push(release(delay, None));
             }
-            Some(_) => {
+            Some(d) if d.status.is_terminal() || d.status == JobStatus::Running => sorted.delete.push(m.receipt),
+            Some(d) if d.available_at > now => sorted.release.push(release(until(d.available_at), Some(id))),
+            Some(_) => match reservation.busy_until {
+                // Queued and due, but the downstream asked to wait.
+                Some(busy_until) => {
+                    sorted.shortfall = Some(StopReason::DownstreamBusy);
+                    sorted.release.push(release(until(busy_until), Some(id)));
+                }
                 // Queued and due, but no slot was left for it.
-                short_of_capacity = true;
-                to_release.push((m.receipt, Duration::ZERO));
-            }
+                None => {
+                    sorted.shortfall.get_or_insert(StopReason::AtCapacity);
+                    sorted.release.push(release(Duration::ZERO, Some(id)));
+                }
+            },
         }
     }
-    let reserved = reserved
+    sorted.reserved = reserved
         .into_iter()
         .map(|r| {
             let receipt = receipts.remove(&r.id).expect("a reserved job came from a message");
             (r, receipt)
         })
         .collect();
-    Ok((reserved, short_of_capacity))
+    Ok(sorted)
 }
 
 /// Submits one reserved job and records what the downstream said.
@@ -323,17 +419,65 @@ async fn dispatch(state: &AppState, job: Reserved, receipt: String) -> Finished 
     };
     let outcome = state.downstream.submit(&submission).await;
     let reason = outcome.reason();
-    let from = [JobStatus::Dispatching];
-    let mut t = Transition::new(&from, JobStatus::Queued, &reason);
+    let (t, after) = decide(state, &job, &outcome, &reason).await;
+    let action = match apply_with_retry(state, job.id, &t).await {
+        Applied::Done(done) => {
+            if done.status.is_terminal() {
+                metrics::counter!("sluicegate_jobs_finished_total", "status" => done.status.as_str()).increment(1);
+            }
+            match after {
+                Some(delay) => MessageAction::Release(Release {
+                    receipt,
+                    delay,
+                    job: Some(job.id),
+                }),
+                None => MessageAction::Delete(receipt),
+            }
+        }
+        // The job moved on meanwhile (a callback or heartbeat arrived first,
+        // or its lease was reclaimed): keep the message only if the job may
+        // still need it.
+        Applied::MovedOn => match store::attempt_of(&state.db, job.id).await {
+            Ok(Some((_, s))) if s.is_terminal() || s == JobStatus::Running => MessageAction::Delete(receipt),
+            _ => MessageAction::Leave,
+        },
+        // Postgres is unreachable: the job stays `dispatching` until its lease
+        // runs out; its message comes back by itself.
+        Applied::Unrecorded => MessageAction::Leave,
+    };
+    Finished { action, outcome }
+}
+
+/// The state change an outcome calls for (the contract's downstream table),
+/// and, if the job's message must stay, after how long it shows again
+/// (`None`: delete it).
+async fn decide<'a>(
+    state: &AppState,
+    job: &Reserved,
+    outcome: &'a Outcome,
+    reason: &'a str,
+) -> (Transition<'a>, Option<Duration>) {
+    const FROM: &[JobStatus] = &[JobStatus::Dispatching];
+    let mut t = Transition::new(FROM, JobStatus::Queued, reason);
     t.attempt = Some(job.attempt);
-    let mut release_after = None;
-    match &outcome {
+    let after = match outcome {
         Outcome::Accepted(_) => {
             metrics::counter!("sluicegate_jobs_dispatched_total").increment(1);
             t.to = JobStatus::Running;
+            t.started = true;
+            None
         }
-        Outcome::Busy { retry_after, .. } => {
+        Outcome::Busy {
+            retry_after,
+            capped_from,
+            ..
+        } => {
             let delay = retry_after.unwrap_or_default();
+            if let Some(asked) = capped_from {
+                metrics::counter!(crate::metrics::RETRY_AFTER_CAPPED).increment(1);
+                tracing::warn!(job_id = %job.id, attempt = job.attempt, asked_secs = asked.as_secs(),
+                    "the downstream's Retry-After is longer than the longest honoured; cut");
+            }
             if !delay.is_zero() {
                 // The downstream said when to come back: no replica sends
                 // anything before then.
@@ -341,64 +485,63 @@ async fn dispatch(state: &AppState, job: Reserved, receipt: String) -> Finished 
                     tracing::warn!(error = %e, "could not record the downstream's Retry-After");
                 }
             }
-            t.attempts_delta = -1;
+            t.busy_refusal = true;
             t.delay_secs = delay.as_secs_f64();
-            release_after = Some(delay);
+            Some(delay)
         }
         Outcome::Rejected { detail, .. } => {
             t.to = JobStatus::Failed;
             t.error = Some(detail);
+            None
         }
         Outcome::Transient { reason } => {
             t.error = Some(reason);
-            if job.attempt >= job.max_attempts {
+            if job.attempts_used >= job.max_attempts {
                 t.to = JobStatus::Failed;
+                None
             } else {
-                let delay = backoff(job.attempt);
+                let delay = backoff(job.attempts_used);
                 t.delay_secs = delay.as_secs_f64();
-                release_after = Some(delay);
+                Some(delay)
             }
         }
-    }
-    let action = match apply_with_retry(state, job.id, &t).await {
-        Some(Some(done)) => {
-            if done.status.is_terminal() {
-                metrics::counter!("sluicegate_jobs_finished_total", "status" => done.status.as_str()).increment(1);
-            }
-            match release_after {
-                Some(delay) => MessageAction::Release(receipt, delay),
-                None => MessageAction::Delete(receipt),
-            }
+        Outcome::Unknown { reason } => {
+            // The downstream may be running it: the job keeps its slot with
+            // the lease of a running job; its message shows again when that
+            // lease ends (then the job is `queued` again, or settled).
+            t.to = JobStatus::Dispatching;
+            t.error = Some(reason);
+            Some(Duration::from_secs(job.timeout_secs.max(0) as u64) + DUE_SLACK)
         }
-        // The job moved on meanwhile (a callback arrived first, or its lease
-        // was reclaimed): keep the message only if the job may still need it.
-        Some(None) => match store::attempt_of(&state.db, job.id).await {
-            Ok(Some((_, s))) if s.is_terminal() || s == JobStatus::Running => MessageAction::Delete(receipt),
-            _ => MessageAction::Leave,
-        },
-        // Postgres is unreachable: the job stays `dispatching` until its lease
-        // runs out; its message comes back by itself.
-        None => MessageAction::Leave,
     };
-    Finished { action, outcome }
+    (t, after)
+}
+
+/// What became of recording a submission's outcome.
+enum Applied {
+    Done(crate::domain::Job),
+    /// The job was no longer at that attempt in `dispatching`.
+    MovedOn,
+    /// Postgres stayed unreachable through the retries.
+    Unrecorded,
 }
 
 /// Applies a transition, retrying briefly through a Postgres blip.
-/// `None`: Postgres stayed unreachable.
-async fn apply_with_retry(state: &AppState, id: Uuid, t: &Transition<'_>) -> Option<Option<crate::domain::Job>> {
+async fn apply_with_retry(state: &AppState, id: Uuid, t: &Transition<'_>) -> Applied {
     let mut delay = Duration::from_millis(100);
     for _ in 0..5 {
         match store::transition(&state.db, id, t).await {
-            Ok(r) => return Some(r),
+            Ok(Some(job)) => return Applied::Done(job),
+            Ok(None) => return Applied::MovedOn,
             Err(e) => {
-                tracing::warn!(job_id = %id, error = %e, "recording a submission outcome failed; retrying");
+                tracing::warn!(job_id = %id, attempt = ?t.attempt, error = %e, "recording a submission outcome failed; retrying");
                 tokio::time::sleep(delay).await;
                 delay *= 2;
             }
         }
     }
-    tracing::error!(job_id = %id, "could not record a submission outcome; the lease will reclaim the slot");
-    None
+    tracing::error!(job_id = %id, attempt = ?t.attempt, "could not record a submission outcome; the lease will reclaim the slot");
+    Applied::Unrecorded
 }
 
 #[cfg(test)]

@@ -9,6 +9,15 @@ use crate::{state::AppState, store};
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// `sluicegate_sqs_requests_total{operation}`: every HTTP request to SQS.
+pub const SQS_REQUESTS: &str = "sluicegate_sqs_requests_total";
+/// `sluicegate_messages_resent_total{reason}`: fresh SQS messages sent for
+/// queued jobs whose message was gone or old.
+pub const MESSAGES_RESENT: &str = "sluicegate_messages_resent_total";
+/// `sluicegate_retry_after_capped_total`: downstream `Retry-After`s longer
+/// than the longest honoured.
+pub const RETRY_AFTER_CAPPED: &str = "sluicegate_retry_after_capped_total";
+
 const DURATION_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
@@ -51,7 +60,18 @@ fn describe() {
         "sluicegate_queue_depth",
         "Approximate visible messages in the SQS queue"
     );
-    describe_counter!("sluicegate_sqs_requests_total", "SQS API requests, by operation");
+    describe_counter!(
+        SQS_REQUESTS,
+        "HTTP requests to SQS (each retry of the SDK counts), by operation"
+    );
+    describe_counter!(
+        MESSAGES_RESENT,
+        "Fresh SQS messages sent for queued jobs whose message was gone (release_failed) or old (stale)"
+    );
+    describe_counter!(
+        RETRY_AFTER_CAPPED,
+        "Downstream Retry-After values longer than the longest honoured (cut to it)"
+    );
     describe_histogram!(
         "sluicegate_drain_duration_seconds",
         Unit::Seconds,

@@ -1,11 +1,13 @@
 //! The SQS queue jobs wait in. Messages carry only the job id; the job itself
-//! lives in Postgres. Every SQS API request is counted in
-//! `sluicegate_sqs_requests_total{operation}`.
+//! lives in Postgres. Every SQS API request, each retry of the SDK included,
+//! is counted in `sluicegate_sqs_requests_total{operation}` (an interceptor on
+//! the client, see [`CountRequests`]).
 
 use std::time::Duration;
 
 use aws_sdk_sqs::{
     Client,
+    config::{ConfigBag, Intercept, RuntimeComponents, interceptors::BeforeTransmitInterceptorContextRef},
     types::{
         ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, MessageSystemAttributeName,
         QueueAttributeName, SendMessageBatchRequestEntry,
@@ -19,6 +21,10 @@ use uuid::Uuid;
 pub const SQS_BATCH: usize = 10;
 /// SQS caps a visibility timeout at 12 hours.
 pub const MAX_VISIBILITY_SECS: i32 = 43_200;
+/// SQS caps a message's delay at 15 minutes.
+pub const MAX_DELAY_SECS: i32 = 900;
+/// SQS caps a long poll at 20 seconds.
+pub const MAX_WAIT_SECS: i32 = 20;
 
 #[derive(Clone)]
 pub struct Queue {
@@ -35,14 +41,37 @@ pub struct Received {
     pub sent_at: Option<DateTime<Utc>>,
 }
 
-fn count(operation: &'static str) {
-    metrics::counter!("sluicegate_sqs_requests_total", "operation" => operation).increment(1);
+/// Counts every HTTP request the SDK sends to SQS (each attempt of an
+/// operation, so the SDK's own retries are counted), by operation name.
+#[derive(Debug)]
+pub struct CountRequests;
+
+impl Intercept for CountRequests {
+    fn name(&self) -> &'static str {
+        "sluicegate::CountRequests"
+    }
+
+    fn read_before_transmit(
+        &self,
+        _context: &BeforeTransmitInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), aws_sdk_sqs::error::BoxError> {
+        let operation = cfg
+            .load::<aws_smithy_runtime_api::client::orchestrator::Metadata>()
+            .map_or("unknown", |m| m.name())
+            .to_owned();
+        metrics::counter!(crate::metrics::SQS_REQUESTS, "operation" => operation).increment(1);
+        Ok(())
+    }
 }
 
 impl Queue {
+    /// Wraps `client`, adding the request counter to it.
     pub fn new(client: Client, url: impl Into<String>) -> Self {
+        let conf = client.config().to_builder().interceptor(CountRequests).build();
         Self {
-            client,
+            client: Client::from_conf(conf),
             url: url.into(),
         }
     }
@@ -54,19 +83,27 @@ impl Queue {
     /// Sends one message per job id, in batches of 10 sent concurrently.
     /// Returns the ids whose message could not be sent.
     pub async fn send_job_ids(&self, ids: &[Uuid]) -> Vec<Uuid> {
-        let sends = ids.chunks(SQS_BATCH).map(|chunk| async move {
+        let delayed: Vec<(Uuid, Duration)> = ids.iter().map(|id| (*id, Duration::ZERO)).collect();
+        self.send_delayed(&delayed).await
+    }
+
+    /// Sends one message per job id, each visible after its delay (at most
+    /// 15 minutes: a job due later gets its message back from the drain with
+    /// the rest of the wait). Returns the ids whose message could not be sent.
+    pub async fn send_delayed(&self, jobs: &[(Uuid, Duration)]) -> Vec<Uuid> {
+        let sends = jobs.chunks(SQS_BATCH).map(|chunk| async move {
             let entries: Vec<_> = chunk
                 .iter()
                 .enumerate()
-                .map(|(i, id)| {
+                .map(|(i, (id, delay))| {
                     SendMessageBatchRequestEntry::builder()
                         .id(i.to_string())
                         .message_body(id.to_string())
+                        .delay_seconds(ceil_secs(*delay).min(MAX_DELAY_SECS))
                         .build()
                         .expect("id and body are set")
                 })
                 .collect();
-            count("SendMessageBatch");
             match self
                 .client
                 .send_message_batch()
@@ -78,21 +115,28 @@ impl Queue {
                 Ok(out) => out
                     .failed()
                     .iter()
-                    .filter_map(|f| f.id().parse::<usize>().ok().and_then(|i| chunk.get(i).copied()))
+                    .filter_map(|f| {
+                        f.id()
+                            .parse::<usize>()
+                            .ok()
+                            .and_then(|i| chunk.get(i).map(|(id, _)| *id))
+                    })
                     .collect::<Vec<_>>(),
                 Err(e) => {
                     tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "SendMessageBatch failed");
-                    chunk.to_vec()
+                    chunk.iter().map(|(id, _)| *id).collect()
                 }
             }
         });
         join_all(sends).await.into_iter().flatten().collect()
     }
 
-    /// Receives up to `max` (1..=10) messages without waiting, hiding them for
-    /// `visibility`.
-    pub async fn receive(&self, max: usize, visibility: Duration) -> anyhow::Result<Vec<Received>> {
-        count("ReceiveMessage");
+    /// Receives up to `max` (1..=10) messages, hiding them for `visibility`.
+    /// `wait` zero is a short poll (it asks a sample of SQS's servers and may
+    /// miss messages of a small queue); longer is a long poll of that many
+    /// whole seconds (every server is asked; it returns as soon as there is
+    /// a message).
+    pub async fn receive(&self, max: usize, visibility: Duration, wait: Duration) -> anyhow::Result<Vec<Received>> {
         // SentTimestamp is asked for under both names: some SQS-compatible
         // servers (local-aws-sqs) know only the older `AttributeNames`.
         #[allow(deprecated)]
@@ -103,7 +147,7 @@ impl Queue {
             .queue_url(&self.url)
             .max_number_of_messages(max.clamp(1, SQS_BATCH) as i32)
             .visibility_timeout(visibility.as_secs().clamp(1, MAX_VISIBILITY_SECS as u64) as i32)
-            .wait_time_seconds(0)
+            .wait_time_seconds((wait.as_secs() as i32).min(MAX_WAIT_SECS))
             .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
             .send()
             .await
@@ -143,7 +187,6 @@ impl Queue {
                         .expect("set")
                 })
                 .collect();
-            count("DeleteMessageBatch");
             match self
                 .client
                 .delete_message_batch()
@@ -167,10 +210,14 @@ impl Queue {
         join_all(deletes).await;
     }
 
-    /// Makes messages visible again after `delay` (zero: now). Failures are
-    /// logged: the message then reappears when its current visibility ends.
-    pub async fn release(&self, receipts: &[(String, Duration)]) {
-        let changes = receipts.chunks(SQS_BATCH).map(|chunk| async move {
+    /// Makes messages visible again after `delay` (zero: now). Returns the
+    /// indexes (into `receipts`) of the messages SQS says it could not
+    /// change: such a message may be gone (a purge, retention), and the
+    /// caller must send a new one if its job still needs it. A failure of the
+    /// whole request is logged: its messages reappear when their current
+    /// visibility ends.
+    pub async fn release(&self, receipts: &[(String, Duration)]) -> Vec<usize> {
+        let changes = receipts.chunks(SQS_BATCH).enumerate().map(|(n, chunk)| async move {
             let entries: Vec<_> = chunk
                 .iter()
                 .enumerate()
@@ -183,14 +230,30 @@ impl Queue {
                         .expect("set")
                 })
                 .collect();
-            count("ChangeMessageVisibilityBatch");
-            if let Err(e) =
-                self.client.change_message_visibility_batch().queue_url(&self.url).set_entries(Some(entries)).send().await
+            match self
+                .client
+                .change_message_visibility_batch()
+                .queue_url(&self.url)
+                .set_entries(Some(entries))
+                .send()
+                .await
             {
-                tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "ChangeMessageVisibilityBatch failed");
+                Ok(out) => out
+                    .failed()
+                    .iter()
+                    .filter_map(|f| {
+                        tracing::warn!(code = f.code(), message = f.message(), "SQS could not release a message");
+                        f.id().parse::<usize>().ok().filter(|i| *i < chunk.len())
+                    })
+                    .map(|i| n * SQS_BATCH + i)
+                    .collect(),
+                Err(e) => {
+                    tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "ChangeMessageVisibilityBatch failed");
+                    Vec::new()
+                }
             }
         });
-        join_all(changes).await;
+        join_all(changes).await.into_iter().flatten().collect()
     }
 
     /// The queue's message retention period.
@@ -209,7 +272,6 @@ impl Queue {
 
     /// One numeric attribute of the queue.
     async fn attribute(&self, name: QueueAttributeName) -> anyhow::Result<u64> {
-        count("GetQueueAttributes");
         let out = self
             .client
             .get_queue_attributes()

@@ -13,8 +13,10 @@ use uuid::Uuid;
 
 use crate::domain::{IdempotencyKey, Job, JobEvent, JobSpec, JobStatus};
 
-const JOB_COLUMNS: &str = "id, status, payload::text AS payload, attempts, created_at, started_at, \
-                           finished_at, result::text AS result, error";
+/// The columns of a [`Job`]. `attempts` there is the number of attempts used:
+/// submissions refused with 429/503 (`busy_refusals`) use none.
+const JOB_COLUMNS: &str = "id, status, payload::text AS payload, attempts - busy_refusals AS attempts, created_at, \
+                           started_at, finished_at, result::text AS result, error";
 
 #[derive(sqlx::FromRow)]
 struct JobRow {
@@ -317,8 +319,12 @@ pub struct Transition<'a> {
     pub reason: &'a str,
     pub error: Option<&'a str>,
     pub result: Option<&'a RawValue>,
-    /// Added to `attempts` (-1 gives back the attempt of a busy answer).
-    pub attempts_delta: i32,
+    /// The downstream refused the submission with 429/503: it uses no
+    /// attempt (`busy_refusals` is incremented; the attempt number is not
+    /// reused, so every submission keeps its own Idempotency-Key and token).
+    pub busy_refusal: bool,
+    /// The downstream ran (or runs) the job: `started_at` is set if unset.
+    pub started: bool,
     /// For `queued`: seconds before the job may be dispatched again.
     pub delay_secs: f64,
 }
@@ -332,13 +338,17 @@ impl<'a> Transition<'a> {
             reason,
             error: None,
             result: None,
-            attempts_delta: 0,
+            busy_refusal: false,
+            started: false,
             delay_secs: 0.0,
         }
     }
 }
 
 /// Applies `t` to job `id`; `None` if the job is not in a state it applies to.
+/// A job that is (still) live afterwards gets the lease of a running job, its
+/// `timeout_secs`: `running`, or `dispatching` after a submission whose
+/// outcome is unknown.
 pub async fn transition(ex: impl PgExecutor<'_>, id: Uuid, t: &Transition<'_>) -> sqlx::Result<Option<Job>> {
     let sql = format!(
         "WITH prev AS ( \
@@ -348,13 +358,13 @@ pub async fn transition(ex: impl PgExecutor<'_>, id: Uuid, t: &Transition<'_>) -
          upd AS ( \
            UPDATE jobs j SET \
              status = $4, \
-             attempts = j.attempts + $8, \
+             busy_refusals = j.busy_refusals + $8::int, \
              error = $6, \
              result = COALESCE($7::text::json, j.result), \
-             started_at = CASE WHEN $4 IN ('running', 'succeeded', 'failed') AND prev.status IN ('dispatching', 'running') \
-                               THEN COALESCE(j.started_at, now()) ELSE j.started_at END, \
+             started_at = CASE WHEN $10 THEN COALESCE(j.started_at, now()) ELSE j.started_at END, \
              finished_at = CASE WHEN $4 IN ('succeeded', 'failed', 'timed_out', 'cancelled') THEN now() END, \
-             lease_expires_at = CASE WHEN $4 = 'running' THEN now() + make_interval(secs => j.timeout_secs) END, \
+             lease_expires_at = CASE WHEN $4 IN ('dispatching', 'running') \
+                                     THEN now() + make_interval(secs => j.timeout_secs) END, \
              available_at = now() + make_interval(secs => $9) \
            FROM prev WHERE j.id = prev.id \
            RETURNING j.*, prev.status AS from_status), \
@@ -370,18 +380,31 @@ pub async fn transition(ex: impl PgExecutor<'_>, id: Uuid, t: &Transition<'_>) -
         .bind(t.reason)
         .bind(t.error)
         .bind(t.result.map(RawValue::get))
-        .bind(t.attempts_delta)
+        .bind(i32::from(t.busy_refusal))
         .bind(t.delay_secs)
+        .bind(t.started)
         .fetch_optional(ex)
         .await?;
     Ok(row.map(Job::from))
 }
 
-/// Extends the lease of a live job at this attempt by its timeout.
+/// Extends the lease of a live job at this attempt by its timeout (never
+/// shortening it). A heartbeat is news from the downstream: a `dispatching`
+/// job (its submission still in flight, or its outcome unknown) becomes
+/// `running`, with an event.
 pub async fn heartbeat(ex: impl PgExecutor<'_>, id: Uuid, attempt: i32) -> sqlx::Result<Option<Job>> {
     let sql = format!(
-        "UPDATE jobs SET lease_expires_at = GREATEST(lease_expires_at, now() + make_interval(secs => timeout_secs)) \
-         WHERE id = $1 AND attempts = $2 AND status IN ('dispatching', 'running') RETURNING {JOB_COLUMNS}"
+        "WITH prev AS ( \
+           SELECT id, status FROM jobs \
+           WHERE id = $1 AND attempts = $2 AND status IN ('dispatching', 'running') FOR UPDATE), \
+         upd AS ( \
+           UPDATE jobs j SET status = 'running', started_at = COALESCE(j.started_at, now()), \
+             lease_expires_at = GREATEST(j.lease_expires_at, now() + make_interval(secs => j.timeout_secs)) \
+           FROM prev WHERE j.id = prev.id \
+           RETURNING j.*, prev.status AS from_status), \
+         ev AS (INSERT INTO job_events (job_id, from_status, to_status, attempt, reason) \
+                SELECT id, from_status, status, attempts, 'heartbeat' FROM upd WHERE from_status <> status) \
+         SELECT {JOB_COLUMNS} FROM upd"
     );
     Ok(sqlx::query_as::<_, JobRow>(&sql)
         .bind(id)
@@ -399,22 +422,59 @@ pub async fn attempt_of(ex: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Optio
         .await
 }
 
+/// What a callback credential is checked against: the job's current
+/// attempt, its status and when it finished.
+pub struct CredentialState {
+    pub attempt: i32,
+    pub status: JobStatus,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+pub async fn credential_state(ex: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<CredentialState>> {
+    let row: Option<(i32, JobStatus, Option<DateTime<Utc>>)> =
+        sqlx::query_as("SELECT attempts, status, finished_at FROM jobs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(ex)
+            .await?;
+    Ok(row.map(|(attempt, status, finished_at)| CredentialState {
+        attempt,
+        status,
+        finished_at,
+    }))
+}
+
 // ----------------------------------------------------------- the drain
 
 /// A job whose slot was reserved: it is now `dispatching` at `attempt`.
 #[derive(Debug)]
 pub struct Reserved {
     pub id: Uuid,
+    /// The number of this submission (the fencing token).
     pub attempt: i32,
+    /// Attempts used, this one included (busy refusals use none).
+    pub attempts_used: i32,
     pub payload: Box<RawValue>,
     pub max_attempts: i32,
+    /// The lease of the running job, in seconds.
+    pub timeout_secs: i32,
+}
+
+/// The result of one reservation: the jobs that got a slot, and, if the
+/// downstream asked not to be sent anything yet (a `Retry-After` in force),
+/// until when.
+#[derive(Debug)]
+pub struct Reservation {
+    pub jobs: Vec<Reserved>,
+    pub busy_until: Option<DateTime<Utc>>,
 }
 
 /// Reserves slots for as many of `candidates` (queued and due) as the limit
 /// allows, marking them `dispatching`. This is the only place a job becomes
 /// live, and it runs under the gate lock: the live count read here cannot be
-/// changed by another reservation until this transaction commits.
-pub async fn reserve(pool: &PgPool, candidates: &[Uuid], dispatch_lease_secs: f64) -> sqlx::Result<Vec<Reserved>> {
+/// changed by another reservation until this transaction commits. While a
+/// downstream's `Retry-After` is in force (`gate.busy_until`, written under
+/// the same lock) nothing is reserved, whatever a drain saw before.
+pub async fn reserve(pool: &PgPool, candidates: &[Uuid], dispatch_lease_secs: f64) -> sqlx::Result<Reservation> {
     let mut tx = pool.begin().await?;
     // The argument below needs READ COMMITTED whatever the server's default
     // (under REPEATABLE READ the count would miss reservations committed
@@ -422,10 +482,21 @@ pub async fn reserve(pool: &PgPool, candidates: &[Uuid], dispatch_lease_secs: f6
     sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
         .execute(&mut *tx)
         .await?;
-    // Statement 1 takes the lock; statement 2 starts after it is granted, so
-    // its snapshot sees every reservation committed before.
-    sqlx::query("SELECT 1 FROM gate FOR UPDATE").execute(&mut *tx).await?;
-    let rows: Vec<(Uuid, i32, String, i32)> = sqlx::query_as(
+    // Statement 1 takes the lock (and reads the latest Retry-After); statement
+    // 2 starts after it is granted, so its snapshot sees every reservation
+    // committed before.
+    let busy_until: Option<DateTime<Utc>> =
+        sqlx::query_scalar("SELECT CASE WHEN busy_until > now() THEN busy_until END FROM gate FOR UPDATE")
+            .fetch_one(&mut *tx)
+            .await?;
+    if busy_until.is_some() {
+        tx.commit().await?;
+        return Ok(Reservation {
+            jobs: Vec::new(),
+            busy_until,
+        });
+    }
+    let rows: Vec<(Uuid, i32, i32, String, i32, i32)> = sqlx::query_as(
         "WITH free AS ( \
            SELECT GREATEST((SELECT max_concurrency FROM gate) \
                   - (SELECT count(*) FROM jobs WHERE status IN ('dispatching', 'running')), 0) AS n), \
@@ -438,32 +509,56 @@ pub async fn reserve(pool: &PgPool, candidates: &[Uuid], dispatch_lease_secs: f6
            UPDATE jobs j SET status = 'dispatching', attempts = j.attempts + 1, \
                   lease_expires_at = now() + make_interval(secs => $2) \
            FROM picked WHERE j.id = picked.id \
-           RETURNING j.id, j.attempts, j.payload::text AS payload, j.max_attempts), \
+           RETURNING j.id, j.attempts, j.attempts - j.busy_refusals AS used, j.payload::text AS payload, \
+                     j.max_attempts, j.timeout_secs), \
          ev AS (INSERT INTO job_events (job_id, from_status, to_status, attempt, reason) \
                 SELECT id, 'queued', 'dispatching', attempts, 'slot reserved by drain' FROM upd) \
-         SELECT id, attempts, payload, max_attempts FROM upd",
+         SELECT id, attempts, used, payload, max_attempts, timeout_secs FROM upd",
     )
     .bind(candidates)
     .bind(dispatch_lease_secs)
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(rows
+    let jobs = rows
         .into_iter()
-        .map(|(id, attempt, payload, max_attempts)| Reserved {
-            id,
-            attempt,
-            payload: RawValue::from_string(payload).expect("a json column holds valid JSON"),
-            max_attempts,
-        })
-        .collect())
+        .map(
+            |(id, attempt, attempts_used, payload, max_attempts, timeout_secs)| Reserved {
+                id,
+                attempt,
+                attempts_used,
+                payload: RawValue::from_string(payload).expect("a json column holds valid JSON"),
+                max_attempts,
+                timeout_secs,
+            },
+        )
+        .collect();
+    Ok(Reservation { jobs, busy_until })
 }
 
-/// Status and due time of the jobs named by received messages.
-pub async fn due_states(ex: impl PgExecutor<'_>, ids: &[Uuid]) -> sqlx::Result<Vec<(Uuid, JobStatus, DateTime<Utc>)>> {
-    sqlx::query_as("SELECT id, status, available_at FROM jobs WHERE id = ANY($1)")
+/// What a drain needs to know of a received message's job.
+#[derive(Debug, Clone, Copy, sqlx::FromRow)]
+pub struct DueState {
+    pub id: Uuid,
+    pub status: JobStatus,
+    /// Earliest next dispatch (back-off, Retry-After).
+    pub available_at: DateTime<Utc>,
+    /// While live: when its slot is reclaimed without news.
+    pub lease_expires_at: Option<DateTime<Utc>>,
+}
+
+/// Status, due time and lease of the jobs named by received messages.
+pub async fn due_states(ex: impl PgExecutor<'_>, ids: &[Uuid]) -> sqlx::Result<Vec<DueState>> {
+    sqlx::query_as("SELECT id, status, available_at, lease_expires_at FROM jobs WHERE id = ANY($1)")
         .bind(ids)
         .fetch_all(ex)
+        .await
+}
+
+/// Whether any queued job is due now (its message should be receivable).
+pub async fn any_queued_due(ex: impl PgExecutor<'_>) -> sqlx::Result<bool> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM jobs WHERE status = 'queued' AND available_at <= now())")
+        .fetch_one(ex)
         .await
 }
 
@@ -480,11 +575,12 @@ pub async fn reclaim_expired(ex: impl PgExecutor<'_>) -> sqlx::Result<Vec<(JobSt
          upd AS ( \
            UPDATE jobs j SET \
              status = CASE WHEN e.status = 'running' THEN 'timed_out'::job_status \
-                           WHEN j.attempts >= j.max_attempts THEN 'failed'::job_status \
+                           WHEN j.attempts - j.busy_refusals >= j.max_attempts THEN 'failed'::job_status \
                            ELSE 'queued'::job_status END, \
              error = CASE WHEN e.status = 'running' THEN 'lease expired: no callback or heartbeat in time' \
-                          ELSE 'dispatch lease expired: the submission never completed' END, \
-             finished_at = CASE WHEN e.status = 'running' OR j.attempts >= j.max_attempts THEN now() END, \
+                          ELSE 'dispatch lease expired: no answer, callback or heartbeat for the submission' END, \
+             finished_at = CASE WHEN e.status = 'running' OR j.attempts - j.busy_refusals >= j.max_attempts \
+                                THEN now() END, \
              lease_expires_at = NULL, \
              available_at = now() \
            FROM expired e WHERE j.id = e.id \
@@ -499,13 +595,23 @@ pub async fn reclaim_expired(ex: impl PgExecutor<'_>) -> sqlx::Result<Vec<(JobSt
     .await
 }
 
-/// Queued jobs whose message was last sent more than `older_than_secs` ago.
-pub async fn stale_queued(ex: impl PgExecutor<'_>, older_than_secs: f64, limit: i64) -> sqlx::Result<Vec<Uuid>> {
+/// The database's clock minus `secs`: a fixed cut-off for one requeue run.
+pub async fn now_minus(ex: impl PgExecutor<'_>, secs: f64) -> sqlx::Result<DateTime<Utc>> {
+    sqlx::query_scalar("SELECT now() - make_interval(secs => $1)")
+        .bind(secs)
+        .fetch_one(ex)
+        .await
+}
+
+/// Queued jobs whose message was last sent before `sent_before`, oldest
+/// first. A job whose message is re-sent moves past the cut-off, so a loop
+/// over this with a fixed cut-off ends.
+pub async fn stale_queued(ex: impl PgExecutor<'_>, sent_before: DateTime<Utc>, limit: i64) -> sqlx::Result<Vec<Uuid>> {
     sqlx::query_scalar(
-        "SELECT id FROM jobs WHERE status = 'queued' AND enqueued_at < now() - make_interval(secs => $1) \
-         ORDER BY enqueued_at LIMIT $2",
+        "SELECT id FROM jobs WHERE status = 'queued' AND enqueued_at < $1 \
+         ORDER BY enqueued_at, id LIMIT $2",
     )
-    .bind(older_than_secs)
+    .bind(sent_before)
     .bind(limit)
     .fetch_all(ex)
     .await

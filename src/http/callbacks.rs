@@ -28,7 +28,14 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(heartbeat))
 }
 
-/// A caller holding the callback token of job `id` at its current attempt.
+/// How long after its job ended a callback token still works (for a
+/// downstream repeating a callback whose answer it lost). After that it is
+/// refused like any wrong token, so a leaked token does not read its job for
+/// ever.
+pub const CALLBACK_TOKEN_GRACE: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+
+/// A caller holding the callback token of job `id` at its current attempt,
+/// while the job is live or ended less than [`CALLBACK_TOKEN_GRACE`] ago.
 /// Anything else, an unknown job or a malformed id included, is 401: the
 /// answer never tells whether a job exists.
 pub struct CallbackCaller {
@@ -51,13 +58,22 @@ impl FromRequestParts<AppState> for CallbackCaller {
         let Ok(id) = Uuid::parse_str(&raw) else {
             return Err(denied);
         };
-        let Some((attempt, _)) = store::attempt_of(&state.db, id).await? else {
+        let Some(job) = store::credential_state(&state.db, id).await? else {
             return Err(denied);
         };
-        if attempt < 1 || !callback_token::verify(&state.config.callback_secret, id, attempt, &token) {
+        if job.attempt < 1 || !callback_token::verify(&state.config.callback_secret, id, job.attempt, &token) {
             return Err(denied);
         }
-        Ok(CallbackCaller { id, attempt })
+        if job
+            .finished_at
+            .is_some_and(|at| chrono::Utc::now() - at > CALLBACK_TOKEN_GRACE)
+        {
+            return Err(denied);
+        }
+        Ok(CallbackCaller {
+            id,
+            attempt: job.attempt,
+        })
     }
 }
 
@@ -130,6 +146,8 @@ pub async fn callback(
     let from = [JobStatus::Dispatching, JobStatus::Running];
     let mut t = Transition::new(&from, to, "callback");
     t.attempt = Some(caller.attempt);
+    // The downstream ran it (a callback may come before the submission returns).
+    t.started = true;
     t.error = body.error.as_deref();
     t.result = body.result.as_deref();
     if let Some(job) = store::transition(&state.db, caller.id, &t).await? {
@@ -155,7 +173,9 @@ pub async fn callback(
 
 /// Extend a job's lease (downstream)
 ///
-/// Pushes the lease of a `dispatching` or `running` job out by its timeout.
+/// Pushes the lease of a `dispatching` or `running` job out by its timeout
+/// (never shortening it). A `dispatching` job becomes `running`: the
+/// downstream has it.
 #[utoipa::path(post, path = "/jobs/{id}/heartbeat", tag = "downstream", operation_id = "heartbeatJob",
     params(("id" = Uuid, Path, description = "Job id")),
     responses(

@@ -126,19 +126,86 @@ struct Pending {
     key: Option<IdempotencyKey>,
 }
 
+/// The answer when COMMIT was sent but not confirmed: the jobs may be stored
+/// (and queued) or not. Only an idempotent retry is safe.
+pub const UNKNOWN_OUTCOME: &str = "the database did not confirm storing the job, so it may or may not have \
+    been stored and queued; retry with the same Idempotency-Key (a stored job is then returned with 200, \
+    not created twice). A retry without one may create a second job.";
+
 /// Stores and queues jobs. Returns, per input, the job and whether it is new
 /// (202) or an idempotent repeat (200), or the item's error.
+///
+/// Everything up to the COMMIT must happen within `ENQUEUE_TIMEOUT_SECS`;
+/// past it the transaction is rolled back (and Postgres ends a session that
+/// sits in the transaction longer), so a job is never committed later than
+/// that after its message was sent. `ORPHAN_MESSAGE_GRACE_SECS` is checked
+/// against it at start-up (ARCHITECTURE.md, invariant 2).
 async fn enqueue(
     state: &AppState,
     items: Vec<Result<Pending, ApiError>>,
 ) -> ApiResult<Vec<Result<(StatusCode, Job), ApiError>>> {
-    let c = &state.config;
     let _slot = state
         .enqueue_slots
         .acquire()
         .await
         .expect("the semaphore is never closed");
+    let deadline = state.config.enqueue_timeout();
+    let staged = tokio::time::timeout(deadline, stage(state, items, deadline))
+        .await
+        .map_err(|_| ApiError::Unavailable {
+            detail: "storing and queueing the job took too long (ENQUEUE_TIMEOUT_SECS); nothing was stored, \
+                     retry later"
+                .into(),
+            retry_after_secs: 5,
+            cause: None,
+        })??;
+    let Staged { tx, results, failed } = staged;
+    tx.commit()
+        .await
+        .map_err(|e| ApiError::unavailable(UNKNOWN_OUTCOME, e))?;
+    let queued = results
+        .iter()
+        .filter(|r| matches!(r, Ok((StatusCode::ACCEPTED, job)) if !failed.contains(&job.id)))
+        .count();
+    metrics::counter!("sluicegate_jobs_enqueued_total").increment(queued as u64);
+    Ok(results
+        .into_iter()
+        .map(|r| match r {
+            Ok((_, job)) if failed.contains(&job.id) => Err(ApiError::Unavailable {
+                detail: "the queue is unavailable; the job was not accepted, retry later".into(),
+                retry_after_secs: 5,
+                cause: None,
+            }),
+            other => other,
+        })
+        .collect())
+}
+
+/// An enqueue ready to commit: its open transaction, the result per input,
+/// and the new jobs whose message could not be sent (deleted in `tx`).
+struct Staged {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    results: Vec<Result<(StatusCode, Job), ApiError>>,
+    failed: Vec<Uuid>,
+}
+
+/// Inserts the jobs, sends their messages while the transaction is open, and
+/// deletes (in it) the jobs whose message failed.
+async fn stage(
+    state: &AppState,
+    items: Vec<Result<Pending, ApiError>>,
+    deadline: std::time::Duration,
+) -> ApiResult<Staged> {
+    let c = &state.config;
     let mut tx = state.db.begin().await?;
+    // A session left in this transaction (a stalled process) is ended by
+    // Postgres: the transaction can then never commit late.
+    sqlx::query(&format!(
+        "SET LOCAL idle_in_transaction_session_timeout = {}",
+        deadline.as_millis()
+    ))
+    .execute(&mut *tx)
+    .await?;
     let new: Vec<store::NewJob> = items
         .iter()
         .filter_map(|item| item.as_ref().ok())
@@ -178,22 +245,7 @@ async fn enqueue(
     if !failed.is_empty() {
         store::delete_jobs(&mut tx, &failed).await?;
     }
-    tx.commit()
-        .await
-        .map_err(|e| ApiError::unavailable("the database is unavailable; retry later", e))?;
-    let queued = (new_ids.len() - failed.len()) as u64;
-    metrics::counter!("sluicegate_jobs_enqueued_total").increment(queued);
-    Ok(results
-        .into_iter()
-        .map(|r| match r {
-            Ok((_, job)) if failed.contains(&job.id) => Err(ApiError::Unavailable {
-                detail: "the queue is unavailable; the job was not accepted, retry later".into(),
-                retry_after_secs: 5,
-                cause: None,
-            }),
-            other => other,
-        })
-        .collect())
+    Ok(Staged { tx, results, failed })
 }
 
 fn idempotency_header(headers: &HeaderMap) -> ApiResult<Option<IdempotencyKey>> {
@@ -225,6 +277,8 @@ fn job_response(status: StatusCode, job: Job) -> Response {
         (status = 202, description = "Queued", body = Job, headers(("Location" = String, description = "/jobs/{id}"))),
         (status = 200, description = "Idempotent repeat: the job created by the first request", body = Job, headers(("Location" = String, description = "/jobs/{id}"))),
         (status = 422, description = "Invalid job, or Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Postgres or SQS is unavailable or overloaded. Nothing was stored, unless `detail` says the outcome is unknown (the database did not confirm the commit): then the job may exist, and only a retry with the same `Idempotency-Key` is safe", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
     ),
     security(("api_token" = [])))]
 pub async fn submit_job(

@@ -39,7 +39,27 @@ use crate::{error::Problem, state::AppState};
         description = "Back pressure for a downstream that can only run N jobs at once. Clients submit jobs; \
                        jobs wait in SQS; `POST /drain` hands them to the downstream only while the number of \
                        jobs it is really running (known from its callbacks) is under the limit.\n\n\
-                       Every error is an RFC 9457 problem (`application/problem+json`).",
+                       Every error is an RFC 9457 problem (`application/problem+json`).\n\n\
+                       ## The downstream protocol\n\n\
+                       A job is submitted with `POST <DOWNSTREAM_URL>`, header `Idempotency-Key: <job id>:<attempt>` \
+                       and body `{job_id, attempt, payload, callback_url, heartbeat_url, callback_token}`. \
+                       Every submission has its own `attempt` number (and so its own key and token). What the \
+                       answer does:\n\n\
+                       | downstream answers | the job |\n|---|---|\n\
+                       | 2xx | `running`; its SQS message is deleted |\n\
+                       | 429 or 503 | `queued` again without using an attempt; no submission to the downstream before \
+                       its `Retry-After` (at most 3600 s); the drain stops with `downstream_busy` |\n\
+                       | other 4xx | `failed` (rejected) |\n\
+                       | 5xx, connection refused | an attempt is used; `queued` again after an exponential back-off; \
+                       after `max_attempts`, `failed` |\n\
+                       | timeout, connection lost after sending | outcome unknown: it keeps its slot with the lease of a \
+                       running job (`timeout_secs`); a callback or heartbeat settles it; if the lease ends without \
+                       news it is `queued` again for its next attempt (one attempt used). So a slow downstream never \
+                       holds more than the limit. |\n\n\
+                       The downstream ends a job with `POST /jobs/{id}/callback` and may extend its lease with \
+                       `POST /jobs/{id}/heartbeat`, both with the `callback_token` of the current attempt. A job \
+                       whose lease runs out may still be running downstream: it is then submitted again under a new \
+                       attempt, and a downstream that remembers the `Idempotency-Key`s it has run can tell.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     tags(

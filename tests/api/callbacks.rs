@@ -194,6 +194,39 @@ async fn heartbeats_extend_the_lease_and_are_refused_once_finished() {
 }
 
 #[tokio::test]
+async fn a_callback_token_stops_working_an_hour_after_its_job_ended() {
+    let ds = Downstream::start(|_| Reply::status(202)).await;
+    let app = app().downstream(&ds.url).spawn().await;
+    let id = app.submit(json!({"secret": "s3cr3t"})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.drain().await;
+    let token = ds.token_for(&id);
+    let done = json!({"status": "succeeded", "result": 1});
+    assert_eq!(app.callback(&id, &token, done.clone()).await.status(), 200);
+    // A repeat (the downstream lost the answer) is fine for a while...
+    assert_eq!(app.callback(&id, &token, done.clone()).await.status(), 200);
+    // ...but not for ever: the token does not read its job once the grace is over.
+    sqlx::query("UPDATE jobs SET finished_at = now() - interval '61 minutes' WHERE id = $1::uuid")
+        .bind(&id)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let r = app.callback(&id, &token, done).await;
+    let body = assert_problem(r, 401).await;
+    assert!(!body.to_string().contains("s3cr3t"));
+    let r = app
+        .http
+        .post(app.url(&format!("/jobs/{id}/heartbeat")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(r, 401).await;
+}
+
+#[tokio::test]
 async fn a_callback_refills_the_freed_slot_at_once() {
     let ds = Downstream::start(|_| Reply::status(202)).await;
     let app = app()

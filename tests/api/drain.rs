@@ -103,15 +103,38 @@ async fn a_busy_downstream_gets_the_job_back_without_an_attempt_honouring_retry_
 }
 
 #[tokio::test]
-async fn a_429_without_retry_after_is_retried_at_the_next_drain() {
+async fn a_429_without_retry_after_is_retried_at_the_next_drain_as_a_new_submission() {
     let ds = Downstream::start(|_| Reply::status(429)).await;
     let app = app().downstream(&ds.url).spawn().await;
-    let id = id_of(&app.submit(json!(1)).await);
+    let r = app.post_job(json!({"payload": 1, "max_attempts": 1})).await;
+    let id = id_of(&r.json().await.unwrap());
     assert_eq!(app.drain().await["stop_reason"], "downstream_busy");
+    let refused_token = ds.token_for(&id);
     ds.set(|_| Reply::status(200));
     assert_eq!(app.drain().await["dispatched"], 1);
     assert_eq!(app.status_of(&id).await, "running");
-    assert_eq!(ds.seen().iter().map(|s| s.attempt).collect::<Vec<_>>(), vec![1, 1]);
+    // Each submission has its own attempt number, Idempotency-Key and token...
+    assert_eq!(ds.seen().iter().map(|s| s.attempt).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(
+        ds.seen().iter().map(|s| s.idempotency_key.clone()).collect::<Vec<_>>(),
+        vec![format!("{id}:1"), format!("{id}:2")]
+    );
+    // ...so the refused submission's token cannot finish the job...
+    assert_problem(
+        app.callback(&id, &refused_token, json!({"status": "succeeded"})).await,
+        401,
+    )
+    .await;
+    // ...and the refusal used no attempt: one of one is used.
+    let job = app.job(&id).await;
+    assert_eq!(
+        (job["status"].as_str(), job["attempts"].as_i64()),
+        (Some("running"), Some(1))
+    );
+    let r = app
+        .callback(&id, &ds.token_for(&id), json!({"status": "succeeded"}))
+        .await;
+    assert_eq!(r.status(), 200);
 }
 
 #[tokio::test]
@@ -127,6 +150,7 @@ async fn another_4xx_fails_the_job_and_deletes_its_message() {
     assert_eq!(job["attempts"], 1);
     assert!(job["error"].as_str().unwrap().contains("422"));
     assert!(job["finished_at"].is_string());
+    assert!(job["started_at"].is_null(), "a rejected job never ran");
     assert!(app.receive_all(1).await.is_empty());
     assert_eq!(app.events(&id).await.last().unwrap()["reason"], "downstream 422");
 }
@@ -164,6 +188,7 @@ async fn server_errors_are_retried_with_backoff_then_fail() {
         (job["status"].as_str(), job["attempts"].as_i64()),
         (Some("failed"), Some(2))
     );
+    assert!(job["started_at"].is_null(), "a job that only met errors never ran");
     assert_eq!(
         ds.seen().iter().map(|s| s.idempotency_key.clone()).collect::<Vec<_>>(),
         vec![format!("{id}:1"), format!("{id}:2")]
@@ -172,8 +197,95 @@ async fn server_errors_are_retried_with_backoff_then_fail() {
 }
 
 #[tokio::test]
-async fn timeouts_and_connection_errors_use_an_attempt() {
+async fn a_refused_connection_uses_an_attempt_and_is_retried() {
+    let app = crate::helpers::app().downstream("http://127.0.0.1:9/").spawn().await;
+    let id = id_of(&app.submit(json!(1)).await);
+    let report = app.drain().await;
+    assert_eq!(report["running"], 0, "nothing reached the downstream: the slot is free");
+    let job = app.job(&id).await;
+    assert_eq!(
+        (job["status"].as_str(), job["attempts"].as_i64()),
+        (Some("queued"), Some(1))
+    );
+    assert_eq!(job["error"], "downstream connection error");
+}
+
+#[tokio::test]
+async fn a_timed_out_submission_keeps_its_slot_until_its_lease_ends() {
+    // The downstream answers after sluicegate gave up: it may be running the
+    // job, so the job keeps its slot, for the lease of a running job.
     let ds = Downstream::start(|_| Reply::after(Duration::from_secs(3), 202)).await;
+    let app = app()
+        .downstream(&ds.url)
+        .config(|c| {
+            c.dispatch_timeout_secs = 1;
+            c.max_concurrency = 1;
+        })
+        .spawn()
+        .await;
+    let r = app.post_job(json!({"payload": 1, "timeout_secs": 2})).await;
+    let id = id_of(&r.json().await.unwrap());
+    let other = id_of(&app.submit(json!(2)).await);
+    app.drain().await;
+    let job = app.job(&id).await;
+    assert_eq!(
+        (job["status"].as_str(), job["attempts"].as_i64(), job["error"].as_str()),
+        (
+            Some("dispatching"),
+            Some(1),
+            Some("downstream timeout: outcome unknown")
+        )
+    );
+    assert!(job["started_at"].is_null());
+    let last = app.events(&id).await.pop().unwrap();
+    assert_eq!(
+        (last["from"].as_str(), last["to"].as_str(), last["reason"].as_str()),
+        (
+            Some("dispatching"),
+            Some("dispatching"),
+            Some("downstream timeout: outcome unknown")
+        )
+    );
+    // The slot stays taken: the other job waits.
+    let report = app.drain().await;
+    assert_eq!(
+        (report["running"].as_i64(), report["dispatched"].as_i64()),
+        (Some(1), Some(0))
+    );
+    assert_eq!(app.status_of(&other).await, "queued");
+    assert_eq!(ds.seen().len(), 1);
+    let r = app
+        .http
+        .post(app.url(&format!("/jobs/{other}/cancel")))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // No news by the end of its lease (2 s): queued again, the attempt used,
+    // and then submitted again under the next attempt.
+    ds.set(|_| Reply::status(202));
+    assert!(
+        eventually(Duration::from_secs(8), || async {
+            app.drain().await;
+            ds.seen().iter().any(|s| s.job_id == id && s.attempt == 2)
+        })
+        .await
+    );
+    let reasons: Vec<String> = app
+        .events(&id)
+        .await
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(reasons.contains(&"dispatch lease expired".to_owned()), "{reasons:?}");
+    assert_eq!(ds.seen()[0].idempotency_key, format!("{id}:1"));
+    assert!(ds.seen().iter().any(|s| s.idempotency_key == format!("{id}:2")));
+}
+
+#[tokio::test]
+async fn news_from_the_downstream_settles_a_timed_out_submission() {
+    let ds = Downstream::start(|_| Reply::after(Duration::from_secs(2), 202)).await;
     let app = app()
         .downstream(&ds.url)
         .config(|c| c.dispatch_timeout_secs = 1)
@@ -181,22 +293,96 @@ async fn timeouts_and_connection_errors_use_an_attempt() {
         .await;
     let id = id_of(&app.submit(json!(1)).await);
     app.drain().await;
+    assert_eq!(app.status_of(&id).await, "dispatching");
+    let token = ds.token_for(&id);
+    // A heartbeat says the downstream has it...
+    let r = app
+        .http
+        .post(app.url(&format!("/jobs/{id}/heartbeat")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
     let job = app.job(&id).await;
-    assert_eq!(
-        (job["status"].as_str(), job["attempts"].as_i64()),
-        (Some("queued"), Some(1))
-    );
-    assert_eq!(job["error"], "downstream timeout");
+    assert_eq!(job["status"], "running");
+    assert!(job["started_at"].is_string());
+    assert_eq!(app.events(&id).await.pop().unwrap()["reason"], "heartbeat");
+    // ...and its callback ends it; the message is then dropped, never sent again.
+    let r = app.callback(&id, &token, json!({"status": "succeeded"})).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(app.job(&id).await["attempts"], 1);
+    assert_eq!(ds.seen().len(), 1);
+}
 
-    let app = crate::helpers::app().downstream("http://127.0.0.1:9/").spawn().await;
-    let id = id_of(&app.submit(json!(1)).await);
-    app.drain().await;
-    let job = app.job(&id).await;
-    assert_eq!(
-        (job["status"].as_str(), job["attempts"].as_i64()),
-        (Some("queued"), Some(1))
+/// What the slow downstream below holds, checked at every arrival.
+#[derive(Default)]
+struct Held {
+    now: std::collections::HashSet<String>,
+    max: usize,
+    resubmitted_while_held: Vec<String>,
+}
+
+#[tokio::test]
+async fn a_slow_downstream_never_holds_more_than_the_limit() {
+    // It answers 202 after the client gave up (1.5 s > 1 s) and keeps each
+    // job 2 s before calling back: every submission it accepted counts.
+    use std::sync::{Arc, Mutex};
+    let held = Arc::new(Mutex::new(Held::default()));
+    let h = held.clone();
+    let ds = Downstream::start(move |s: &Seen| {
+        let mut held = h.lock().unwrap();
+        if !held.now.insert(s.job_id.clone()) {
+            held.resubmitted_while_held.push(s.job_id.clone());
+        }
+        held.max = held.max.max(held.now.len());
+        Reply::after(Duration::from_millis(1500), 202)
+    })
+    .await;
+    let app = Arc::new(
+        app()
+            .downstream(&ds.url)
+            .config(|c| {
+                c.dispatch_timeout_secs = 1;
+                c.max_concurrency = 2;
+                c.drain_budget_ms = 600;
+            })
+            .spawn()
+            .await,
     );
-    assert_eq!(job["error"], "downstream connection error");
+    let (a, h) = (app.clone(), held.clone());
+    *ds.before_reply.lock().unwrap() = Some(Arc::new(move |s: Seen| {
+        let (a, h) = (a.clone(), h.clone());
+        Box::pin(async move {
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                h.lock().unwrap().now.remove(&s.job_id);
+                let token = s.body["callback_token"].as_str().unwrap().to_owned();
+                a.callback(&s.job_id, &token, json!({"status": "succeeded"})).await;
+            });
+        })
+    }));
+    let jobs: Vec<Value> = (0..6).map(|i| json!({"payload": i})).collect();
+    app.submit_batch(jobs).await;
+    let done = eventually(Duration::from_secs(40), || async {
+        app.drain().await;
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status <> 'succeeded'")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+        n == 0
+    })
+    .await;
+    let held = held.lock().unwrap();
+    assert!(
+        held.resubmitted_while_held.is_empty(),
+        "{:?}",
+        held.resubmitted_while_held
+    );
+    assert!(held.max <= 2, "the downstream held {} jobs with a limit of 2", held.max);
+    assert_eq!(held.max, 2, "the test kept the downstream busy");
+    assert!(done, "every job finished");
+    assert_eq!(ds.seen().len(), 6, "each job was submitted once");
 }
 
 #[tokio::test]
@@ -358,4 +544,97 @@ async fn bad_drain_bodies_are_refused_and_eventbridge_events_accepted() {
         200
     );
     assert_problem(post("{not json", "application/json").await.unwrap(), 400).await;
+}
+
+#[tokio::test]
+async fn a_reservation_honours_a_retry_after_recorded_after_the_drain_looked() {
+    // What another replica's 429 leaves while this drain waits on SQS: the
+    // reservation itself, under the gate lock, must see it.
+    let app = app().spawn().await;
+    let id = id_of(&app.submit(json!(1)).await);
+    sqlx::query("UPDATE gate SET busy_until = now() + interval '30 seconds'")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let uuid: uuid::Uuid = id.parse().unwrap();
+    let r = sluicegate::store::reserve(&app.state.db, &[uuid], 70.0).await.unwrap();
+    assert!(r.jobs.is_empty(), "nothing is reserved while Retry-After is in force");
+    assert!(r.busy_until.is_some());
+    assert_eq!(app.status_of(&id).await, "queued");
+    sqlx::query("UPDATE gate SET busy_until = NULL")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let r = sluicegate::store::reserve(&app.state.db, &[uuid], 70.0).await.unwrap();
+    assert_eq!(r.jobs.len(), 1);
+}
+
+#[tokio::test]
+async fn a_retry_after_longer_than_the_cap_is_cut_and_says_so() {
+    let ds = Downstream::start(|_| Reply {
+        status: 503,
+        retry_after: Some("7200".into()),
+        delay: Duration::ZERO,
+    })
+    .await;
+    let app = app().downstream(&ds.url).spawn().await;
+    let id = id_of(&app.submit(json!(1)).await);
+    assert_eq!(app.drain().await["stop_reason"], "downstream_busy");
+    let last = app.events(&id).await.pop().unwrap();
+    assert_eq!(last["reason"], "downstream 503 (Retry-After of 7200 s cut to 3600 s)");
+    let paused_for: f64 = sqlx::query_scalar("SELECT extract(epoch FROM busy_until - now())::float8 FROM gate")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert!((3590.0..=3600.0).contains(&paused_for), "{paused_for}");
+}
+
+#[tokio::test]
+async fn a_job_whose_message_was_purged_gets_a_fresh_one_when_it_goes_back_to_the_queue() {
+    use std::sync::Arc;
+    let ds = Downstream::start(|_| Reply::status(429)).await;
+    let app = Arc::new(app().downstream(&ds.url).spawn().await);
+    let a = app.clone();
+    // An operator purges the queue while the job is being submitted.
+    *ds.before_reply.lock().unwrap() = Some(Arc::new(move |_| {
+        let a = a.clone();
+        Box::pin(async move {
+            a.sqs.purge_queue().queue_url(&a.queue_url).send().await.unwrap();
+        })
+    }));
+    let id = id_of(&app.submit(json!(1)).await);
+    assert_eq!(app.drain().await["stop_reason"], "downstream_busy");
+    assert_eq!(app.status_of(&id).await, "queued");
+    *ds.before_reply.lock().unwrap() = None;
+    ds.set(|_| Reply::status(202));
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            app.drain().await;
+            app.status_of(&id).await == "running"
+        })
+        .await,
+        "the job got a fresh message and was dispatched"
+    );
+}
+
+#[tokio::test]
+async fn an_empty_short_poll_is_not_believed_while_postgres_knows_a_due_job() {
+    // On real SQS a short poll samples a few servers and can miss the
+    // messages of a small queue. Here the message is hidden for a second
+    // instead: the drain must not give up on a queue Postgres says is not empty.
+    let ds = Downstream::start(|_| Reply::status(202)).await;
+    let app = app().downstream(&ds.url).spawn().await;
+    let id = id_of(&app.submit(json!(1)).await);
+    assert_eq!(app.receive_all(1).await, vec![id.clone()]);
+    let report = app.drain().await;
+    assert_eq!(report["dispatched"], 1, "{report}");
+    assert_eq!(app.status_of(&id).await, "running");
+    // With nothing due, an empty queue is believed at once.
+    let started = Instant::now();
+    assert_eq!(app.drain().await["stop_reason"], "queue_empty");
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
 }

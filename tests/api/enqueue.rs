@@ -226,3 +226,113 @@ async fn postgres_down_during_submit_gives_503_and_queues_nothing_that_could_run
     }
     assert_eq!(app.job_count().await, 0);
 }
+
+/// A Postgres proxy that, once armed, lets the next COMMIT through and then
+/// cuts the connection before its answer comes back: the commit happens, the
+/// client never learns it.
+async fn commit_answer_cutter() -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let armed = Arc::new(AtomicBool::new(false));
+    let a = armed.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let armed = a.clone();
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect("127.0.0.1:5432").await else {
+                    return;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let down = tokio::spawn(async move { tokio::io::copy(&mut sr, &mut cw).await });
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n) = cr.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    let commit = buf[..n].windows(6).any(|w| w == b"COMMIT");
+                    if commit && armed.swap(false, Ordering::SeqCst) {
+                        // Stop relaying answers, send the COMMIT, let
+                        // Postgres commit, then drop the connection.
+                        down.abort();
+                        let _ = sw.write_all(&buf[..n]).await;
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        break;
+                    }
+                    if sw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (addr, armed)
+}
+
+#[tokio::test]
+async fn a_lost_commit_answer_says_the_outcome_is_unknown_and_a_keyed_retry_is_safe() {
+    let (proxy, armed) = commit_answer_cutter().await;
+    // In clear text, so that the proxy can see the COMMIT go by.
+    let app = app()
+        .db_port(proxy.port())
+        .config(|c| {
+            let url = format!("{}?sslmode=disable", c.database_url.expose());
+            c.database_url = sluicegate::config::Secret::new(url);
+        })
+        .spawn()
+        .await;
+    armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let submit = || {
+        app.http
+            .post(app.url("/jobs"))
+            .bearer_auth(API_TOKEN)
+            .header("Idempotency-Key", "order-7")
+            .json(&json!({"payload": {"n": 7}}))
+            .send()
+    };
+    let problem = assert_problem(submit().await.unwrap(), 503).await;
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(detail.contains("may or may not have been stored"), "{detail}");
+    assert!(detail.contains("same Idempotency-Key"), "{detail}");
+    // It was in fact stored (and queued): the retry returns it, not a second
+    // job. (The proxy may still be handing Postgres the COMMIT.)
+    assert!(eventually(Duration::from_secs(3), || async { app.job_count().await == 1 }).await);
+    let r = submit().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(app.job_count().await, 1);
+    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    assert_eq!(app.receive_all(30).await, vec![id]);
+}
+
+#[tokio::test]
+async fn a_stalled_sqs_send_is_cut_at_the_enqueue_timeout_and_stores_nothing() {
+    // An SQS endpoint that accepts connections and never answers.
+    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = hole.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hole.accept().await {
+            held.push(s);
+        }
+    });
+    let app = app()
+        .app_sqs_endpoint(format!("http://{addr}"))
+        .config(|c| c.enqueue_timeout_secs = 1)
+        .spawn()
+        .await;
+    let started = std::time::Instant::now();
+    let r = app.post_job(json!({"payload": 1})).await;
+    let problem = assert_problem(r, 503).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "answered at the enqueue timeout, not the SDK's: {:?}",
+        started.elapsed()
+    );
+    assert!(problem["detail"].as_str().unwrap().contains("nothing was stored"));
+    assert_eq!(app.job_count().await, 0);
+}

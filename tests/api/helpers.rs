@@ -51,7 +51,10 @@ pub struct TestDb {
 impl TestDb {
     pub async fn create() -> Self {
         let admin = admin_url();
-        let name = format!("sg_test_{}", Uuid::new_v4().simple());
+        // The run's pid in the name lets scripts/test clean up after runs
+        // that are gone without touching those still running.
+        let run = std::env::var("SLUICEGATE_TEST_RUN").unwrap_or_else(|_| std::process::id().to_string());
+        let name = format!("sg_test_r{run}_{}", Uuid::new_v4().simple());
         let mut conn = PgConnection::connect(&admin)
             .await
             .expect("Postgres is reachable (see TEST_DATABASE_URL)");
@@ -145,6 +148,7 @@ pub fn base_config(database_url: &str, queue_url: &str, downstream_url: &str) ->
         max_connections: 4096,
         database_pool_size: 10,
         lease_sweep_interval_secs: 3600,
+        enqueue_timeout_secs: 15,
         orphan_message_grace_secs: 120,
         requeue_after_secs: None,
         allow_weak_secrets: false,

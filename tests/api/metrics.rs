@@ -1,6 +1,6 @@
 //! GET /metrics carries every metric of the contract, moving with the work.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
 use serde_json::json;
 
@@ -81,4 +81,83 @@ async fn metrics_follow_a_job_through_its_life() {
     for gauge in ["sluicegate_running", "sluicegate_limit", "sluicegate_queue_depth"] {
         assert!(after.contains_key(gauge), "{gauge} missing");
     }
+}
+
+/// Sum of every series of `name` on a `/metrics` page.
+fn total(page: &str, name: &str) -> f64 {
+    page.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn every_sqs_request_is_counted_the_sdks_retries_included() {
+    // An SQS endpoint that answers every request with 500 (the SDK retries
+    // each operation) and counts what it receives. The binary runs in its
+    // own process, so its counters are its own.
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    let failing = axum::Router::new().fallback(move || {
+        h.fetch_add(1, Ordering::SeqCst);
+        async { axum::http::StatusCode::INTERNAL_SERVER_ERROR }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sqs = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, failing).await.unwrap() });
+
+    let db = TestDb::create().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluicegate"))
+        .arg("serve")
+        .env_clear()
+        .env("DATABASE_URL", &db.url)
+        .env("SQS_QUEUE_URL", format!("{sqs}/000000000000/jobs"))
+        .env("AWS_ENDPOINT_URL", &sqs)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env("DOWNSTREAM_URL", "http://127.0.0.1:9/")
+        .env("API_TOKENS", API_TOKEN)
+        .env("DRAIN_TOKEN", DRAIN_TOKEN)
+        .env("CALLBACK_SECRET", CALLBACK_SECRET)
+        .env("REQUEUE_AFTER_SECS", "3600")
+        .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .kill_on_drop(true)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let metrics_url = format!("http://127.0.0.1:{port}/metrics");
+    // The gauge sampler asks SQS for the queue depth at start: one call,
+    // several requests. Compare at a moment when nothing is in flight.
+    let matched = eventually(Duration::from_secs(20), || async {
+        let before = hits.load(Ordering::SeqCst);
+        let Ok(r) = http.get(&metrics_url).send().await else {
+            return false;
+        };
+        let page = r.text().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let after = hits.load(Ordering::SeqCst);
+        before == after && before >= 2 && total(&page, "sluicegate_sqs_requests_total") == before as f64
+    })
+    .await;
+    let page = http.get(&metrics_url).send().await.unwrap().text().await.unwrap();
+    let _ = child.kill().await;
+    assert!(
+        matched,
+        "SQS saw {} requests; /metrics counted {}",
+        hits.load(Ordering::SeqCst),
+        total(&page, "sluicegate_sqs_requests_total")
+    );
+    assert!(page.contains("sluicegate_sqs_requests_total{operation=\"GetQueueAttributes\"}"));
 }

@@ -68,3 +68,28 @@ async fn the_requeue_command_resends_after_a_purge() {
     assert_eq!(app.drain().await["dispatched"], 1);
     assert_eq!(app.status_of(&id).await, "running");
 }
+
+#[tokio::test]
+async fn requeue_with_no_age_ends_after_sending_each_job_once() {
+    // With more queued jobs than one batch, a cut-off that moved with the
+    // clock found the jobs it had just re-sent, for ever.
+    let app = app().fast_sqs().spawn().await;
+    for n in [500, 100] {
+        let jobs = (0..n).map(|i| json!({"payload": i})).collect();
+        app.submit_batch(jobs).await;
+    }
+    let sent = tokio::time::timeout(
+        Duration::from_secs(60),
+        sluicegate::requeue::resend_stale(&app.db, &app.state.queue, Duration::ZERO),
+    )
+    .await
+    .expect("requeue ends")
+    .unwrap();
+    assert_eq!(sent, 600);
+    // Each job now has its original message and exactly one fresh one.
+    let mut bodies = app.receive_all(3600).await;
+    bodies.sort();
+    assert_eq!(bodies.len(), 1200);
+    bodies.dedup();
+    assert_eq!(bodies.len(), 600);
+}

@@ -3,7 +3,7 @@
 //! failing, timing out and losing callbacks, and the limit changing.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -15,36 +15,76 @@ use crate::helpers::*;
 
 const JOBS: usize = 150;
 
-/// What the downstream holds and what it has seen, checked at every arrival.
+/// What the downstream holds and what it has seen.
 #[derive(Default)]
 struct Ledger {
-    held: HashSet<String>,
+    /// job id -> attempt, for every submission it accepted and still holds
+    /// (until it calls back, or loses the job).
+    held: HashMap<String, i64>,
     max_held: usize,
-    /// (when, limit) for every limit change, in order.
-    limits: Vec<(Instant, i64)>,
+    /// For every accepted submission: what was held right after it arrived.
+    arrivals_held: Vec<Vec<(String, i64)>>,
     last_attempt: HashMap<String, i64>,
     violations: Vec<String>,
     arrivals: usize,
 }
 
-impl Ledger {
-    /// The largest limit in force at any time in `[t - window, t]`.
-    fn max_limit_since(&self, t: Instant, window: Duration) -> i64 {
-        let from = t - window;
-        let mut in_force = self
-            .limits
+/// Records every change of the limit with the database's clock, from the
+/// same transaction (and so under the same row lock) as the change.
+const LIMIT_LOG: &str = "
+    CREATE TABLE stress_limit_log (at timestamptz NOT NULL, max_concurrency int NOT NULL);
+    INSERT INTO stress_limit_log SELECT 'epoch', max_concurrency FROM gate;
+    CREATE FUNCTION stress_log_limit() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN INSERT INTO stress_limit_log VALUES (clock_timestamp(), NEW.max_concurrency); RETURN NULL; END $$;
+    CREATE TRIGGER stress_log_limit AFTER UPDATE OF max_concurrency ON gate
+        FOR EACH ROW EXECUTE FUNCTION stress_log_limit();";
+
+/// Checks every accepted arrival against the limit in force when the newest
+/// of the submissions the downstream then held was reserved. Every held job
+/// was live in Postgres from its reservation until the downstream let it go,
+/// so at that reservation the live count was at least what was held, and the
+/// reservation (under the gate lock) guaranteed it was at most the limit it
+/// saw: the last change logged before it (the log and the reservation's event
+/// are written under the same lock, by the database's clock).
+async fn check_arrivals_against_the_limit(db: &sqlx::PgPool, arrivals: &[Vec<(String, i64)>]) -> Vec<String> {
+    use chrono::{DateTime, Utc};
+    let limits: Vec<(DateTime<Utc>, i32)> =
+        sqlx::query_as("SELECT at, max_concurrency FROM stress_limit_log ORDER BY at")
+            .fetch_all(db)
+            .await
+            .unwrap();
+    let reserved: HashMap<(String, i64), DateTime<Utc>> = sqlx::query_as::<_, (String, i32, DateTime<Utc>)>(
+        "SELECT job_id::text, attempt, at FROM job_events WHERE from_status = 'queued' AND to_status = 'dispatching'",
+    )
+    .fetch_all(db)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|(id, attempt, at)| ((id, i64::from(attempt)), at))
+    .collect();
+    let mut violations = Vec::new();
+    for held in arrivals {
+        let newest = held
+            .iter()
+            .map(|(id, a)| {
+                reserved
+                    .get(&(id.clone(), *a))
+                    .copied()
+                    .expect("a held submission was reserved")
+            })
+            .max()
+            .expect("an arrival holds at least itself");
+        let limit = limits
             .iter()
             .rev()
-            .find(|(at, _)| *at <= from)
+            .find(|(at, _)| *at < newest)
             .map(|(_, l)| *l)
-            .unwrap_or(0);
-        for (at, l) in &self.limits {
-            if *at > from && *at <= t {
-                in_force = in_force.max(*l);
-            }
+            .expect("the first limit is logged at the epoch");
+        if held.len() as i64 > i64::from(limit) {
+            violations.push(format!("held {} jobs with a limit of {limit}: {held:?}", held.len()));
         }
-        in_force
     }
+    violations
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -57,18 +97,18 @@ async fn the_limit_holds_with_two_replicas_racing_drains_and_a_hostile_downstrea
     let (l, r) = (ledger.clone(), rng.clone());
     let ds = Downstream::start(move |s: &Seen| {
         let mut ledger = l.lock().unwrap();
-        let now = Instant::now();
         ledger.arrivals += 1;
-        if ledger.held.contains(&s.job_id) {
-            ledger
-                .violations
-                .push(format!("{} submitted again while attempt is still held", s.job_id));
+        if ledger.held.contains_key(&s.job_id) {
+            ledger.violations.push(format!(
+                "{} submitted again while an earlier attempt is still held",
+                s.job_id
+            ));
         }
         if let Some(prev) = ledger.last_attempt.get(&s.job_id).copied() {
-            if s.attempt < prev {
+            if s.attempt <= prev {
                 ledger
                     .violations
-                    .push(format!("{} attempt went back from {prev} to {}", s.job_id, s.attempt));
+                    .push(format!("{} attempt went from {prev} to {}", s.job_id, s.attempt));
             }
         }
         ledger.last_attempt.insert(s.job_id.clone(), s.attempt);
@@ -79,27 +119,22 @@ async fn the_limit_holds_with_two_replicas_racing_drains_and_a_hostile_downstrea
             retry_after: None,
             delay: latency,
         };
-        match roll {
-            x if x < 0.10 => reply(429),
-            x if x < 0.18 => reply(500),
-            x if x < 0.22 => Reply::after(Duration::from_millis(1500), 202), // times out
-            x => {
-                // Accepted: held from now until it calls back (or loses it).
-                ledger.held.insert(s.job_id.clone());
-                ledger.max_held = ledger.max_held.max(ledger.held.len());
-                let allowed = ledger.max_limit_since(now, Duration::from_secs(3));
-                let held = ledger.held.len();
-                if held as i64 > allowed {
-                    ledger
-                        .violations
-                        .push(format!("held {held} jobs with a limit of {allowed}"));
-                }
-                let lose = x > 0.96;
-                let work = Duration::from_millis(r.lock().unwrap().random_range(20..400));
-                finish_tx.send((s.clone(), work, lose)).unwrap();
-                reply(202)
-            }
-        }
+        let answer = match roll {
+            x if x < 0.10 => return reply(429),
+            x if x < 0.18 => return reply(500),
+            // Accepted after sluicegate gave up (1 s): still held and run.
+            x if x < 0.22 => Reply::after(Duration::from_millis(1500), 202),
+            _ => reply(202),
+        };
+        // Accepted: held from now until it calls back (or loses it).
+        ledger.held.insert(s.job_id.clone(), s.attempt);
+        ledger.max_held = ledger.max_held.max(ledger.held.len());
+        let snapshot: Vec<(String, i64)> = ledger.held.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        ledger.arrivals_held.push(snapshot);
+        let lose = roll > 0.96;
+        let work = answer.delay + Duration::from_millis(r.lock().unwrap().random_range(20..400));
+        finish_tx.send((s.clone(), work, lose)).unwrap();
+        answer
     })
     .await;
 
@@ -119,11 +154,7 @@ async fn the_limit_holds_with_two_replicas_racing_drains_and_a_hostile_downstrea
             .await,
     );
     let b = Arc::new(a.replica().await);
-    ledger
-        .lock()
-        .unwrap()
-        .limits
-        .push((Instant::now() - Duration::from_secs(10), 4));
+    sqlx::raw_sql(LIMIT_LOG).execute(&a.db).await.unwrap();
 
     // The downstream's workers: call back after the work (on either replica's
     // URL, as given), or lose the job.
@@ -157,7 +188,7 @@ async fn the_limit_holds_with_two_replicas_racing_drains_and_a_hostile_downstrea
     });
 
     let jobs: Vec<Value> = (0..JOBS)
-        .map(|i| json!({"payload": {"i": i}, "timeout_secs": 2}))
+        .map(|i| json!({"payload": {"i": i}, "timeout_secs": 4}))
         .collect();
     a.submit_batch(jobs).await;
 
@@ -186,8 +217,9 @@ async fn the_limit_holds_with_two_replicas_racing_drains_and_a_hostile_downstrea
                     .send()
                     .await
                     .unwrap();
-                assert_eq!(r.status(), 200);
+                let status = r.status();
                 let report: Value = r.json().await.unwrap();
+                assert_eq!(status, 200, "{report}");
                 assert!(report["running"].as_i64().unwrap() <= report["limit"].as_i64().unwrap().max(8));
                 drains += 1;
                 if drains % 10 == 0 && all_terminal(app.clone()).await {
@@ -200,16 +232,13 @@ async fn the_limit_holds_with_two_replicas_racing_drains_and_a_hostile_downstrea
     }
     // Random limit changes while it runs, then a final generous limit so the
     // backlog finishes.
-    let (l, changer_app) = (ledger.clone(), a.clone());
+    let changer_app = a.clone();
     let changer = tokio::spawn(async move {
         let mut rng = StdRng::seed_from_u64(11);
         for _ in 0..15 {
             tokio::time::sleep(Duration::from_millis(300)).await;
-            let limit = rng.random_range(0..=8);
-            l.lock().unwrap().limits.push((Instant::now(), limit));
-            changer_app.set_limit(limit).await;
+            changer_app.set_limit(rng.random_range(0..=8)).await;
         }
-        l.lock().unwrap().limits.push((Instant::now(), 8));
         changer_app.set_limit(8).await;
     });
     changer.await.unwrap();
@@ -225,6 +254,9 @@ async fn the_limit_holds_with_two_replicas_racing_drains_and_a_hostile_downstrea
         .unwrap();
     assert!(live <= 8);
 
+    let arrivals_held = ledger.lock().unwrap().arrivals_held.clone();
+    let over_limit = check_arrivals_against_the_limit(&a.db, &arrivals_held).await;
+    assert!(over_limit.is_empty(), "{over_limit:?}");
     {
         let ledger_now = ledger.lock().unwrap();
         assert!(ledger_now.violations.is_empty(), "{:?}", ledger_now.violations);
