@@ -1,4 +1,5 @@
-//! The command line: `serve`, `migrate`, `openapi`, `demo-downstream`.
+//! The command line: `serve`, `migrate`, `openapi`, `requeue`, `healthcheck`,
+//! `demo-downstream`.
 
 use clap::{Parser, Subcommand};
 
@@ -45,6 +46,13 @@ pub enum Command {
         /// Only jobs whose message was sent at least this many seconds ago.
         #[arg(long, default_value_t = 0)]
         older_than_secs: u64,
+    },
+    /// Probe GET /healthz of the local server (the port of LISTEN_ADDR): exit 0
+    /// on 200 within 3 s, 1 otherwise. For container health checks.
+    Healthcheck {
+        /// URL to probe instead (default: http://127.0.0.1:<port of LISTEN_ADDR>/healthz).
+        #[arg(long)]
+        url: Option<String>,
     },
     /// Run a demo downstream that accepts jobs up to its capacity, works on
     /// each for a random time, and calls back (for trying sluicegate out).

@@ -13,6 +13,7 @@ pub mod domain;
 pub mod downstream;
 pub mod drain;
 pub mod error;
+pub mod healthcheck;
 pub mod http;
 pub mod metrics;
 pub mod queue;

@@ -36,6 +36,7 @@ async fn main() -> ExitCode {
             older_than_secs,
         } => requeue(database_url, sqs_queue_url, aws_endpoint_url, older_than_secs).await,
         Command::Migrate { database_url } => migrate(database_url).await,
+        Command::Healthcheck { url } => sluicegate::healthcheck::run(url).await,
         Command::DemoDownstream(args) => sluicegate::demo_downstream::run(args).await,
         Command::Serve { config, no_migrate } => serve(*config, no_migrate).await,
     };

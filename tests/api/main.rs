@@ -9,6 +9,7 @@ mod drain;
 mod enqueue;
 mod generated_client;
 mod health;
+mod healthcheck;
 mod hostile;
 mod jobs;
 mod leases;
