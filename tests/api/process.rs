@@ -21,6 +21,7 @@ fn base_env(cmd: &mut Command, db: &str, queue: &str) {
         .env("AWS_ENDPOINT_URL", sqs_endpoint())
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test-secret-key-never-logged")
+        .env("AWS_SESSION_TOKEN", "test-session-token-never-logged")
         .env("AWS_REGION", "us-east-1")
         .env("DOWNSTREAM_URL", "http://127.0.0.1:9/")
         .env("API_TOKENS", API_TOKEN)
@@ -153,6 +154,12 @@ async fn serve_keeps_secrets_out_of_logs_and_exits_cleanly_on_sigterm() {
     }
     let all = log.join("\n");
     assert!(all.contains("shutting down"), "{all}");
+    // The AWS SDK did log (its DEBUG output is kept), and signed with the
+    // session token; only its TRACE output, which prints it, is capped.
+    assert!(
+        all.lines().any(|l| l.contains("DEBUG") && l.contains(" aws_")),
+        "no DEBUG output of the AWS SDK"
+    );
     let password_free_url = db.url.clone();
     for secret in [
         API_TOKEN,
@@ -161,6 +168,7 @@ async fn serve_keeps_secrets_out_of_logs_and_exits_cleanly_on_sigterm() {
         "wrong-token-that-must-not-be-logged",
         "callback-guess-not-logged",
         "test-secret-key-never-logged",
+        "test-session-token-never-logged",
         password_free_url.as_str(),
     ] {
         assert!(!all.contains(secret), "a secret appears in the logs: {secret}");
