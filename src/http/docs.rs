@@ -11,7 +11,8 @@ use axum::{
     body::Bytes,
     extract::Path,
     http::{HeaderValue, StatusCode, header},
-    response::{Html, IntoResponse, Response},
+    response::{Html, IntoResponse, Redirect, Response},
+    routing::get,
 };
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -22,6 +23,15 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(openapi_json))
         .routes(routes!(docs))
         .routes(routes!(docs_asset))
+        // `/docs/` is the docs page's address with a trailing slash, not an
+        // operation of its own: a redirect, left out of the document.
+        .route("/docs/", get(docs_slash))
+}
+
+/// `/docs/` → `/docs` (relative, so it works behind a path prefix; the
+/// page's own relative links need the address without the slash).
+async fn docs_slash() -> Redirect {
+    Redirect::permanent("../docs")
 }
 
 /// The OpenAPI document
