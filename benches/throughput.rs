@@ -504,6 +504,7 @@ fn config(database_url: &str, queue_url: &str, downstream_url: &str) -> Config {
         max_in_flight_requests: 8192,
         request_timeout_secs: 30,
         header_read_timeout_secs: 10,
+        write_timeout_secs: 30,
         max_connections: 8192,
         database_pool_size: 20,
         lease_sweep_interval_secs: 15,

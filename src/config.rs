@@ -168,6 +168,12 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=300))]
     pub header_read_timeout_secs: u64,
 
+    /// A response write that makes no progress for this many seconds closes
+    /// the connection (a client that stops reading), in seconds.
+    #[arg(long, env = "WRITE_TIMEOUT_SECS", value_name = "WRITE_TIMEOUT_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub write_timeout_secs: u64,
+
     /// Open client connections at most; beyond it new connections are closed at once.
     #[arg(long, env = "MAX_CONNECTIONS", value_name = "MAX_CONNECTIONS", default_value_t = 4096,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
@@ -386,6 +392,7 @@ mod tests {
         assert!(c.refill_on_callback);
         assert_eq!(c.drain_interval_secs, None);
         assert_eq!(c.max_body_bytes, 262_144);
+        assert_eq!(c.write_timeout_secs, 30);
         assert_eq!(c.public_base_url(), "http://127.0.0.1:8080");
         assert!(c.validate().unwrap().is_empty());
     }
@@ -427,6 +434,7 @@ mod tests {
         assert!(parse(&["--downstream-url", "ftp://x/"]).is_err());
         assert!(parse(&["--listen-addr", "nope"]).is_err());
         assert!(parse(&["--refill-on-callback", "maybe"]).is_err());
+        assert!(parse(&["--write-timeout-secs", "0"]).is_err());
         assert!(!parse(&["--refill-on-callback", "false"]).unwrap().refill_on_callback);
         assert!(parse(&["--database-url", "mysql://x"]).unwrap().validate().is_err());
     }

@@ -94,6 +94,7 @@ impl Application {
         let cancel = state.shutdown.clone();
         let limits = crate::server::Limits {
             header_read_timeout: Duration::from_secs(state.config.header_read_timeout_secs),
+            write_timeout: Duration::from_secs(state.config.write_timeout_secs),
             max_connections: state.config.max_connections as usize,
             shutdown_grace: Duration::from_secs(state.config.request_timeout_secs),
         };

@@ -247,28 +247,73 @@ pub async fn get_job(ex: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<J
         .map(Job::from))
 }
 
+/// A page of [`list_jobs`]: the jobs, and whether more match after them.
+pub struct JobsPage {
+    pub jobs: Vec<Job>,
+    pub more: bool,
+}
+
+#[derive(sqlx::FromRow)]
+struct PageRow {
+    #[sqlx(flatten)]
+    job: JobRow,
+    more: bool,
+}
+
 /// Newest first; `after` is the `(created_at, id)` of the last job of the
-/// previous page (keyset pagination: stable while jobs are inserted).
+/// previous page (keyset pagination: stable while jobs are inserted). At
+/// most `limit` jobs, and after the first only as many as keep the text of
+/// their payloads, results and errors within `max_bytes`.
+///
+/// One statement. Of the next `limit + 1` jobs (the extra one says whether
+/// there is more), a running sum of stored sizes (`pg_column_size`, cheap:
+/// a toasted value's header; never more than the text's length + 4) first
+/// drops the jobs that cannot fit; the exact text lengths (json → text is an
+/// I/O conversion, which reads the value) are summed only for the rest; then
+/// only the jobs of the page are read in full.
 pub async fn list_jobs(
     ex: impl PgExecutor<'_>,
     status: Option<JobStatus>,
     after: Option<(DateTime<Utc>, Uuid)>,
     limit: i64,
-) -> sqlx::Result<Vec<Job>> {
+    max_bytes: i64,
+) -> sqlx::Result<JobsPage> {
     let sql = format!(
-        "SELECT {JOB_COLUMNS} FROM jobs \
-         WHERE ($1::job_status IS NULL OR status = $1) \
-           AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3)) \
-         ORDER BY created_at DESC, id DESC LIMIT $4"
+        "WITH candidates AS ( \
+             SELECT id, payload, result, error, row_number() OVER w AS n, \
+                    sum(greatest(pg_column_size(payload) - 4, 0) \
+                        + coalesce(greatest(pg_column_size(result) - 4, 0), 0) \
+                        + coalesce(greatest(pg_column_size(error) - 4, 0), 0)) OVER w AS at_least \
+             FROM jobs \
+             WHERE ($1::job_status IS NULL OR status = $1) \
+               AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3)) \
+             WINDOW w AS (ORDER BY created_at DESC, id DESC ROWS UNBOUNDED PRECEDING) \
+             ORDER BY created_at DESC, id DESC LIMIT $4 + 1 \
+         ), sized AS ( \
+             SELECT id, n, sum(octet_length(payload::text) + coalesce(octet_length(result::text), 0) \
+                               + coalesce(octet_length(error), 0)) \
+                           OVER (ORDER BY n ROWS UNBOUNDED PRECEDING) AS bytes \
+             FROM candidates WHERE n <= $4 AND (n = 1 OR at_least <= $5) \
+         ), page AS ( \
+             SELECT id FROM sized WHERE n = 1 OR bytes <= $5 \
+         ) \
+         SELECT {JOB_COLUMNS}, (SELECT count(*) FROM candidates) > (SELECT count(*) FROM page) AS more \
+         FROM jobs WHERE id = ANY(ARRAY(SELECT id FROM page)) \
+         ORDER BY created_at DESC, id DESC"
     );
-    let rows = sqlx::query_as::<_, JobRow>(&sql)
+    let rows = sqlx::query_as::<_, PageRow>(&sql)
         .bind(status)
         .bind(after.map(|a| a.0))
         .bind(after.map(|a| a.1))
         .bind(limit)
+        .bind(max_bytes)
         .fetch_all(ex)
         .await?;
-    Ok(rows.into_iter().map(Job::from).collect())
+    let more = rows.first().is_some_and(|r| r.more);
+    Ok(JobsPage {
+        jobs: rows.into_iter().map(|r| Job::from(r.job)).collect(),
+        more,
+    })
 }
 
 pub async fn job_events(ex: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Vec<JobEvent>> {

@@ -2,12 +2,17 @@
 //! Swagger UI assets come from the `utoipa-swagger-ui` crate's vendored copy
 //! (a crates.io package), embedded in the binary: no internet access needed.
 
-use std::sync::{Arc, LazyLock};
+use std::{
+    borrow::Cow,
+    sync::{Arc, LazyLock},
+};
 
 use axum::{
+    body::Bytes,
     extract::Path,
-    http::{StatusCode, header},
-    response::{Html, IntoResponse, Response},
+    http::{HeaderValue, StatusCode, header},
+    response::{Html, IntoResponse, Redirect, Response},
+    routing::get,
 };
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -18,6 +23,15 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(openapi_json))
         .routes(routes!(docs))
         .routes(routes!(docs_asset))
+        // `/docs/` is the docs page's address with a trailing slash, not an
+        // operation of its own: a redirect, left out of the document.
+        .route("/docs/", get(docs_slash))
+}
+
+/// `/docs/` → `/docs` (relative, so it works behind a path prefix; the
+/// page's own relative links need the address without the slash).
+async fn docs_slash() -> Redirect {
+    Redirect::permanent("../docs")
 }
 
 /// The OpenAPI document
@@ -65,8 +79,45 @@ pub async fn docs() -> Html<&'static str> {
     Html(DOCS_PAGE)
 }
 
-static SWAGGER_CONFIG: LazyLock<Arc<utoipa_swagger_ui::Config<'static>>> =
-    LazyLock::new(|| Arc::new(utoipa_swagger_ui::Config::from("openapi.json")));
+/// The assets of the docs page, loaded once and kept for the life of the
+/// process, so that a request clones a `Bytes` (a pointer) instead of
+/// copying 1.4 MB: `utoipa_swagger_ui::serve` returns the embedded file
+/// borrowed in release builds but read into a fresh `Vec` in debug builds,
+/// so an owned one is leaked once (four files, about 1.8 MB in all).
+static ASSETS: LazyLock<Vec<Asset>> = LazyLock::new(|| {
+    let config = Arc::new(utoipa_swagger_ui::Config::from("openapi.json"));
+    ASSET_NAMES
+        .iter()
+        .map(|&name| {
+            let file = utoipa_swagger_ui::serve(name, config.clone())
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| panic!("utoipa-swagger-ui embeds {name}"));
+            let bytes: &'static [u8] = match file.bytes {
+                Cow::Borrowed(b) => b,
+                Cow::Owned(v) => Vec::leak(v),
+            };
+            Asset {
+                name,
+                content_type: HeaderValue::from_str(&file.content_type).expect("a MIME type is a header value"),
+                bytes: Bytes::from_static(bytes),
+            }
+        })
+        .collect()
+});
+
+const ASSET_NAMES: [&str; 4] = [
+    "swagger-ui.css",
+    "swagger-ui-bundle.js",
+    "swagger-ui-standalone-preset.js",
+    "favicon-32x32.png",
+];
+
+struct Asset {
+    name: &'static str,
+    content_type: HeaderValue,
+    bytes: Bytes,
+}
 
 // The assets of the docs page, for the OpenAPI document only (an enum, so
 // that clients and fuzzers know the valid names); the handler takes any
@@ -96,25 +147,16 @@ enum DocsAsset {
         (status = 404, description = "No such asset", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn docs_asset(Path(file): Path<String>) -> Response {
-    const ASSETS: [&str; 4] = [
-        "swagger-ui.css",
-        "swagger-ui-bundle.js",
-        "swagger-ui-standalone-preset.js",
-        "favicon-32x32.png",
-    ];
-    if !ASSETS.contains(&file.as_str()) {
-        return ApiError::NotFound(format!("no docs asset {file}")).into_response();
-    }
-    match utoipa_swagger_ui::serve(&file, SWAGGER_CONFIG.clone()) {
-        Ok(Some(f)) => (
+    match ASSETS.iter().find(|a| a.name == file) {
+        Some(asset) => (
             StatusCode::OK,
             [
-                (header::CONTENT_TYPE, f.content_type),
-                (header::CACHE_CONTROL, "public, max-age=86400".into()),
+                (header::CONTENT_TYPE, asset.content_type.clone()),
+                (header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=86400")),
             ],
-            f.bytes.into_owned(),
+            asset.bytes.clone(),
         )
             .into_response(),
-        _ => ApiError::NotFound(format!("no docs asset {file}")).into_response(),
+        None => ApiError::NotFound(format!("no docs asset {file}")).into_response(),
     }
 }

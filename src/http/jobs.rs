@@ -110,7 +110,9 @@ pub struct BatchResult {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct JobPage {
     pub items: Vec<Job>,
-    /// Pass as `cursor` to get the next page; null on the last page.
+    /// Pass as `cursor` to get the next page; null on the last page. A page
+    /// may hold fewer than `limit` jobs and still have a next page (pages are
+    /// also bounded to about 4 MiB of payloads, results and errors).
     #[schema(required = true)]
     pub next_cursor: Option<String>,
 }
@@ -375,7 +377,9 @@ pub struct ListQuery {
     /// Only jobs in this status.
     #[param(value_type = Option<JobStatus>)]
     status: Option<String>,
-    /// Page size, 1 to 1000 (default 100).
+    /// Page size, 1 to 1000 (default 100). A page may hold fewer jobs: it
+    /// ends early once its jobs' payloads, results and errors pass 4 MiB of
+    /// JSON text (always at least one job); `next_cursor` then continues.
     #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
     /// `next_cursor` of the previous page.
@@ -384,6 +388,10 @@ pub struct ListQuery {
 
 pub const DEFAULT_PAGE: i64 = 100;
 pub const MAX_PAGE: i64 = 1000;
+/// A page ends early once the payloads, results and errors of its jobs
+/// would pass this many bytes of JSON text (it always holds at least one
+/// job), so that no page is a response of hundreds of megabytes.
+pub const MAX_PAGE_BYTES: i64 = 4 * 1024 * 1024;
 
 fn encode_cursor(job: &Job) -> String {
     URL_SAFE_NO_PAD.encode(format!("{}|{}", job.created_at.timestamp_micros(), job.id))
@@ -400,7 +408,10 @@ fn decode_cursor(s: &str) -> Option<(DateTime<Utc>, Uuid)> {
 
 /// List jobs, newest first
 ///
-/// Keyset pagination: pages stay stable while new jobs arrive.
+/// Keyset pagination: pages stay stable while new jobs arrive. A page holds
+/// at most `limit` jobs and ends early once their payloads, results and
+/// errors pass 4 MiB (at least one job per page); follow `next_cursor`
+/// until it is null.
 #[utoipa::path(get, path = "/jobs", tag = "jobs", operation_id = "listJobs",
     params(ListQuery),
     responses((status = 200, description = "A page of jobs", body = JobPage)),
@@ -427,14 +438,16 @@ pub async fn list_jobs(
         .as_deref()
         .map(|c| decode_cursor(c).ok_or_else(|| ApiError::BadRequest("cursor: not a cursor this API returned".into())))
         .transpose()?;
-    let mut items = store::list_jobs(&state.db, status, after, limit + 1).await?;
-    let next_cursor = if items.len() as i64 > limit {
-        items.truncate(limit as usize);
-        items.last().map(encode_cursor)
+    let page = store::list_jobs(&state.db, status, after, limit, MAX_PAGE_BYTES).await?;
+    let next_cursor = if page.more {
+        page.jobs.last().map(encode_cursor)
     } else {
         None
     };
-    Ok(Json(JobPage { items, next_cursor }))
+    Ok(Json(JobPage {
+        items: page.jobs,
+        next_cursor,
+    }))
 }
 
 /// A job's history

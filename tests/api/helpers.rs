@@ -145,6 +145,7 @@ pub fn base_config(database_url: &str, queue_url: &str, downstream_url: &str) ->
         max_in_flight_requests: 512,
         request_timeout_secs: 30,
         header_read_timeout_secs: 10,
+        write_timeout_secs: 30,
         max_connections: 4096,
         database_pool_size: 10,
         lease_sweep_interval_secs: 3600,

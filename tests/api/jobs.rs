@@ -171,3 +171,71 @@ async fn stats_count_every_job() {
         .unwrap();
     assert_eq!(deltas, 4, "one row per non-zero status after compaction");
 }
+
+/// A JSON string of about `len` bytes that Postgres cannot compress.
+fn random_text(len: usize) -> String {
+    let mut s = String::with_capacity(len + 32);
+    while s.len() < len {
+        s.push_str(&uuid::Uuid::new_v4().simple().to_string());
+    }
+    s
+}
+
+#[tokio::test]
+async fn a_page_is_bounded_in_bytes_and_paging_returns_every_job_once() {
+    const BUDGET: usize = 4 * 1024 * 1024;
+    let app = app().config(|c| c.max_body_bytes = 8 * 1024 * 1024).spawn().await;
+    // The oldest job alone is larger than a page's budget; then 30 jobs of
+    // 200 KB (6 MB in all), half of them very compressible (the stored
+    // size says little about the size of the text).
+    let mut created = vec![
+        app.submit(json!(random_text(5_000_000))).await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    ];
+    for i in 0..30 {
+        let text = if i % 2 == 0 {
+            random_text(200_000)
+        } else {
+            "a".repeat(200_000)
+        };
+        created.push(app.submit(json!(text)).await["id"].as_str().unwrap().to_owned());
+    }
+    let newest_first: Vec<String> = created.iter().rev().cloned().collect();
+
+    let mut seen = Vec::new();
+    let mut sizes = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let query = match &cursor {
+            Some(c) => format!("/jobs?limit=1000&cursor={c}"),
+            None => "/jobs?limit=1000".to_owned(),
+        };
+        let r = app.get(&query).await;
+        assert_eq!(r.status(), 200);
+        let body = r.bytes().await.unwrap();
+        let page: Value = serde_json::from_slice(&body).unwrap();
+        let items = page["items"].as_array().unwrap();
+        assert!(!items.is_empty(), "a page holds at least one job");
+        if items.len() > 1 {
+            // The budget, plus the few hundred bytes of each job's other fields.
+            assert!(
+                body.len() < BUDGET + 64 * 1024,
+                "a page of {} jobs is {} bytes",
+                items.len(),
+                body.len()
+            );
+        }
+        sizes.push(items.len());
+        seen.extend(items.iter().map(|j| j["id"].as_str().unwrap().to_owned()));
+        cursor = page["next_cursor"].as_str().map(str::to_owned);
+        if cursor.is_none() {
+            break;
+        }
+        assert!(sizes.len() < 40, "paging does not end");
+    }
+    assert_eq!(seen, newest_first, "every job exactly once, newest first");
+    // 20 jobs of 200 KB fit in 4 MiB, 21 do not; the large job is alone.
+    assert_eq!(sizes, [20, 10, 1]);
+}

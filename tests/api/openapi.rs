@@ -164,6 +164,19 @@ async fn docs_page_works_offline() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    // `/docs/` sends the browser to the page (its relative links need the
+    // address without the slash).
+    let r = app.http.get(app.url("/docs/")).send().await.unwrap();
+    assert_eq!(r.status(), 308);
+    let to = page_url
+        .join("/docs/")
+        .unwrap()
+        .join(r.headers()["location"].to_str().unwrap())
+        .unwrap();
+    assert_eq!(to, page_url);
+    let r = reqwest::get(app.url("/docs/")).await.unwrap();
+    assert_eq!((r.status().as_u16(), r.url().clone()), (200, page_url.clone()));
+    assert_eq!(r.text().await.unwrap(), page);
     // Anything else under /docs/ is a 404 problem.
     assert_problem(app.http.get(app.url("/docs/index.html")).send().await.unwrap(), 404).await;
 }

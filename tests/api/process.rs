@@ -21,6 +21,7 @@ fn base_env(cmd: &mut Command, db: &str, queue: &str) {
         .env("AWS_ENDPOINT_URL", sqs_endpoint())
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test-secret-key-never-logged")
+        .env("AWS_SESSION_TOKEN", "test-session-token-never-logged")
         .env("AWS_REGION", "us-east-1")
         .env("DOWNSTREAM_URL", "http://127.0.0.1:9/")
         .env("API_TOKENS", API_TOKEN)
@@ -153,6 +154,12 @@ async fn serve_keeps_secrets_out_of_logs_and_exits_cleanly_on_sigterm() {
     }
     let all = log.join("\n");
     assert!(all.contains("shutting down"), "{all}");
+    // The AWS SDK did log (its DEBUG output is kept), and signed with the
+    // session token; only its TRACE output, which prints it, is capped.
+    assert!(
+        all.lines().any(|l| l.contains("DEBUG") && l.contains(" aws_")),
+        "no DEBUG output of the AWS SDK"
+    );
     let password_free_url = db.url.clone();
     for secret in [
         API_TOKEN,
@@ -161,10 +168,102 @@ async fn serve_keeps_secrets_out_of_logs_and_exits_cleanly_on_sigterm() {
         "wrong-token-that-must-not-be-logged",
         "callback-guess-not-logged",
         "test-secret-key-never-logged",
+        "test-session-token-never-logged",
         password_free_url.as_str(),
     ] {
         assert!(!all.contains(secret), "a secret appears in the logs: {secret}");
     }
+}
+
+/// The resident memory of a process, in KiB.
+fn vm_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn clients_that_never_read_do_not_grow_memory_or_lock_others_out() {
+    let db = TestDb::create().await;
+    let sqs = sqs_client(&sqs_endpoint());
+    let queue = create_queue(&sqs).await;
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve");
+    base_env(&mut cmd, &db.url, &queue);
+    cmd.stderr(Stdio::piped()).stdout(Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let addr = tokio::task::spawn_blocking(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("addr=").nth(1) {
+                return rest.split_whitespace().next().unwrap().to_owned();
+            }
+        }
+        panic!("the server did not start");
+    })
+    .await
+    .unwrap();
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let http = reqwest::Client::new();
+    let base = format!("http://{addr}");
+    // Every asset once, so what is loaded once is in the baseline.
+    for asset in [
+        "swagger-ui.css",
+        "swagger-ui-bundle.js",
+        "swagger-ui-standalone-preset.js",
+        "favicon-32x32.png",
+    ] {
+        let r = http.get(format!("{base}/docs/{asset}")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap();
+    }
+    let before = vm_rss_kib(child.id());
+
+    // 100 clients pipeline 20 requests for the 1.4 MB bundle each and never
+    // read; then each tries to pipeline 850 KiB more requests, which the
+    // server must not take in (it reads at most 64 KiB ahead).
+    let mut sockets = Vec::new();
+    for _ in 0..100 {
+        sockets.push(crate::security::non_reader(addr, 20).await);
+    }
+    let more = "GET /docs/swagger-ui-bundle.js HTTP/1.1\r\nHost: x\r\n\r\n".repeat(16_384);
+    futures::future::join_all(sockets.iter_mut().map(|s| {
+        tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::io::AsyncWriteExt::write_all(s, more.as_bytes()),
+        )
+    }))
+    .await;
+    // Until the server has taken in what it will (the memory stops growing).
+    let mut after = vm_rss_kib(child.id());
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = vm_rss_kib(child.id());
+        if now < after + 1024 {
+            after = after.max(now);
+            break;
+        }
+        after = now;
+    }
+
+    // Others are still answered.
+    let r = http.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = http
+        .get(format!("{base}/docs/swagger-ui-bundle.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.bytes().await.unwrap().len() > 1_000_000);
+    drop(sockets);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let grown = after.saturating_sub(before) / 1024;
+    assert!(
+        grown < 40,
+        "100 non-reading clients grew the resident memory by {grown} MiB ({before} KiB -> {after} KiB)"
+    );
 }
 
 #[tokio::test]

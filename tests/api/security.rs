@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
+    net::{TcpSocket, TcpStream},
 };
 
 use crate::helpers::*;
@@ -43,6 +43,121 @@ async fn a_client_that_sends_nothing_is_cut_off() {
     let answer = read_response(&mut s, Duration::from_secs(5)).await;
     assert!(answer.is_some(), "a silent connection was left open");
     assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+/// A client that pipelines `n` requests for the 1.4 MB docs bundle and never
+/// reads an answer (a small receive buffer, so the server's writes stall at
+/// once rather than after the kernel has buffered megabytes).
+pub async fn non_reader(addr: std::net::SocketAddr, n: usize) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut s = socket.connect(addr).await.unwrap();
+    let requests = "GET /docs/swagger-ui-bundle.js HTTP/1.1\r\nHost: x\r\n\r\n".repeat(n);
+    s.write_all(requests.as_bytes()).await.unwrap();
+    s
+}
+
+#[tokio::test]
+async fn clients_that_never_read_their_answers_cannot_lock_others_out() {
+    let ds = Downstream::start(|_| Reply::status(202)).await;
+    let app = app()
+        .downstream(&ds.url)
+        .config(|c| {
+            c.max_connections = 5;
+            c.write_timeout_secs = 2;
+        })
+        .spawn()
+        .await;
+    // A client that keeps no idle connection: one would hold a slot of
+    // the cap until the header-read timeout closes it.
+    let fresh = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let r = fresh
+        .post(app.url("/jobs"))
+        .bearer_auth(API_TOKEN)
+        .json(&json!({"payload": 1}))
+        .send()
+        .await
+        .unwrap();
+    let id = r.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = fresh
+        .post(app.url("/drain"))
+        .bearer_auth(DRAIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["dispatched"], 1);
+    let token = ds.token_for(&id);
+    let mut blockers = Vec::new();
+    for _ in 0..5 {
+        blockers.push(non_reader(app.addr, 20).await);
+    }
+    // Each is being answered (peeking reads nothing: no progress).
+    for s in &blockers {
+        let peeked = tokio::time::timeout(Duration::from_secs(5), s.peek(&mut [0u8; 16])).await;
+        assert!(matches!(peeked, Ok(Ok(n)) if n > 0), "a non-reader is not answered");
+    }
+    assert!(
+        fresh.get(app.url("/healthz")).send().await.is_err(),
+        "the non-readers hold every connection"
+    );
+    // Their stalled writes time out and free the connections: a client and
+    // the downstream's callback get through (retrying while the last
+    // non-readers are being cut off).
+    let started = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            matches!(fresh.get(app.url("/healthz")).send().await, Ok(r) if r.status() == 200)
+        })
+        .await,
+        "the non-readers still lock everyone out"
+    );
+    let callback = || {
+        fresh
+            .post(app.url(&format!("/jobs/{id}/callback")))
+            .bearer_auth(&token)
+            .json(&json!({"status": "succeeded"}))
+            .send()
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            matches!(callback().await, Ok(r) if r.status() == 200)
+        })
+        .await,
+        "the callback does not get through"
+    );
+    assert!(started.elapsed() < Duration::from_secs(6), "{:?}", started.elapsed());
+    drop(blockers);
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_header_read_timeout() {
+    let app = app().config(|c| c.header_read_timeout_secs = 1).spawn().await;
+    let mut s = TcpStream::connect(app.addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Read the answer, then keep reading: the server must close the idle
+    // connection (read returns 0) instead of holding it open.
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "an idle keep-alive connection was left open");
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
 }
 
 #[tokio::test]
