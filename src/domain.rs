@@ -9,59 +9,7 @@ use uuid::Uuid;
 
 use crate::config::{MAX_ATTEMPTS_CAP, MAX_JOB_TIMEOUT_SECS};
 
-/// Where a job is in its life. `dispatching` and `running` count against the
-/// limit; `succeeded`, `failed`, `timed_out` and `cancelled` are terminal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type, ToSchema)]
-#[sqlx(type_name = "job_status", rename_all = "snake_case")]
-#[serde(rename_all = "snake_case")]
-pub enum JobStatus {
-    Queued,
-    Dispatching,
-    Running,
-    Succeeded,
-    Failed,
-    TimedOut,
-    Cancelled,
-}
-
-impl JobStatus {
-    pub const ALL: [JobStatus; 7] = [
-        JobStatus::Queued,
-        JobStatus::Dispatching,
-        JobStatus::Running,
-        JobStatus::Succeeded,
-        JobStatus::Failed,
-        JobStatus::TimedOut,
-        JobStatus::Cancelled,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobStatus::Queued => "queued",
-            JobStatus::Dispatching => "dispatching",
-            JobStatus::Running => "running",
-            JobStatus::Succeeded => "succeeded",
-            JobStatus::Failed => "failed",
-            JobStatus::TimedOut => "timed_out",
-            JobStatus::Cancelled => "cancelled",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|st| st.as_str() == s)
-    }
-
-    pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            JobStatus::Succeeded | JobStatus::Failed | JobStatus::TimedOut | JobStatus::Cancelled
-        )
-    }
-
-    pub fn is_live(self) -> bool {
-        matches!(self, JobStatus::Dispatching | JobStatus::Running)
-    }
-}
+pub use crate::lifecycle::JobStatus;
 
 /// A job, as the API shows it. Every field is always present; the ones that
 /// have no value yet are `null`.
@@ -226,17 +174,6 @@ mod tests {
 
     fn raw(s: &str) -> Box<RawValue> {
         RawValue::from_string(s.to_owned()).unwrap()
-    }
-
-    #[test]
-    fn status_names_round_trip() {
-        for s in JobStatus::ALL {
-            assert_eq!(JobStatus::parse(s.as_str()), Some(s));
-            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{}\"", s.as_str()));
-        }
-        assert_eq!(JobStatus::parse("QUEUED"), None);
-        assert_eq!(JobStatus::ALL.iter().filter(|s| s.is_live()).count(), 2);
-        assert_eq!(JobStatus::ALL.iter().filter(|s| s.is_terminal()).count(), 4);
     }
 
     #[test]

@@ -7,6 +7,8 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
+use crate::lifecycle::AttemptRef;
+
 /// What the downstream's answer means for the job.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -52,14 +54,38 @@ impl Outcome {
     }
 }
 
-#[derive(Serialize)]
+/// One submission of a job: what is POSTed to the downstream.
 pub struct Submission<'a> {
-    pub job_id: Uuid,
-    pub attempt: i32,
+    /// Names the job and this submission (the body's `job_id` and
+    /// `attempt`, and the `Idempotency-Key`).
+    pub attempt: AttemptRef,
     pub payload: &'a RawValue,
     pub callback_url: String,
     pub heartbeat_url: String,
     pub callback_token: String,
+}
+
+impl Serialize for Submission<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Body<'b> {
+            job_id: Uuid,
+            attempt: i32,
+            payload: &'b RawValue,
+            callback_url: &'b str,
+            heartbeat_url: &'b str,
+            callback_token: &'b str,
+        }
+        Body {
+            job_id: self.attempt.job,
+            attempt: self.attempt.attempt,
+            payload: self.payload,
+            callback_url: &self.callback_url,
+            heartbeat_url: &self.heartbeat_url,
+            callback_token: &self.callback_token,
+        }
+        .serialize(serializer)
+    }
 }
 
 #[derive(Clone)]
@@ -91,7 +117,7 @@ impl Downstream {
         let result = self
             .http
             .post(self.url.clone())
-            .header("Idempotency-Key", format!("{}:{}", s.job_id, s.attempt))
+            .header("Idempotency-Key", s.attempt.idempotency_key())
             .json(s)
             .send()
             .await;
@@ -118,7 +144,7 @@ impl Downstream {
             Outcome::Transient { .. } => "error",
             Outcome::Unknown { .. } => "unknown",
         };
-        metrics::histogram!("sluicegate_downstream_request_duration_seconds", "outcome" => label)
+        metrics::histogram!(crate::metrics::DOWNSTREAM_DURATION, "outcome" => label)
             .record(started.elapsed().as_secs_f64());
         outcome
     }

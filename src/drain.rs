@@ -14,16 +14,17 @@ use std::{
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
+use tracing::Instrument;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::{
     callback_token,
-    domain::JobStatus,
     downstream::{Outcome, Submission},
+    lifecycle::{JobStatus, Transition},
     queue::{Received, SQS_BATCH},
     state::AppState,
-    store::{self, DueState, Reserved, Transition},
+    store::{self, DueState, Reserved},
 };
 
 /// Why a drain stopped taking jobs: `at_capacity` (no free slot),
@@ -111,6 +112,7 @@ fn dispatch_lease(state: &AppState) -> Duration {
 
 /// One drain: answers within `DRAIN_BUDGET_MS`. Submissions still in flight
 /// then go on in the background (tracked by `state.tasks`).
+#[tracing::instrument(name = "drain", skip_all)]
 pub async fn drain(state: &AppState) -> anyhow::Result<DrainReport> {
     let started = Instant::now();
     let budget = state.config.drain_budget();
@@ -153,15 +155,18 @@ pub async fn drain(state: &AppState) -> anyhow::Result<DrainReport> {
         for (job, receipt) in sorted.reserved {
             in_flight += 1;
             let (state, tx) = (state.clone(), tx.clone());
-            state.tasks.clone().spawn(async move {
-                let finished = dispatch(&state, job, receipt).await;
-                // Once the drain has answered, the task acts on the message itself.
-                if let Err(mpsc::error::SendError(f)) = tx.send(finished) {
-                    let mut own = Tally::default();
-                    own.add(f);
-                    own.act_on_messages(&state).await;
+            state.tasks.clone().spawn(
+                async move {
+                    let finished = dispatch(&state, job, receipt).await;
+                    // Once the drain has answered, the task acts on the message itself.
+                    if let Err(mpsc::error::SendError(f)) = tx.send(finished) {
+                        let mut own = Tally::default();
+                        own.add(f);
+                        own.act_on_messages(&state).await;
+                    }
                 }
-            });
+                .in_current_span(),
+            );
         }
         if let Some(reason) = sorted.shortfall {
             break reason;
@@ -192,9 +197,9 @@ pub async fn drain(state: &AppState) -> anyhow::Result<DrainReport> {
         stop_reason
     };
     let (limit, live) = store::capacity(&state.db).await?;
-    metrics::gauge!("sluicegate_running").set(live as f64);
-    metrics::gauge!("sluicegate_limit").set(f64::from(limit));
-    metrics::histogram!("sluicegate_drain_duration_seconds").record(started.elapsed().as_secs_f64());
+    metrics::gauge!(crate::metrics::RUNNING).set(live as f64);
+    metrics::gauge!(crate::metrics::LIMIT).set(f64::from(limit));
+    metrics::histogram!(crate::metrics::DRAIN_DURATION).record(started.elapsed().as_secs_f64());
     Ok(DrainReport {
         dispatched: tally.accepted + in_flight as i64,
         reclaimed: reclaimed as i64,
@@ -292,7 +297,7 @@ pub async fn reclaim(state: &AppState) -> anyhow::Result<u64> {
     for (status, n) in by_status {
         total += n as u64;
         if status.is_terminal() {
-            metrics::counter!("sluicegate_jobs_finished_total", "status" => status.as_str()).increment(n as u64);
+            metrics::counter!(crate::metrics::JOBS_FINISHED, "status" => status.as_str()).increment(n as u64);
         }
     }
     if total > 0 {
@@ -317,7 +322,7 @@ async fn reserve_for(state: &AppState, messages: Vec<Received>) -> anyhow::Resul
     let ids: Vec<Uuid> = messages.iter().filter_map(|m| m.job_id).collect();
     let reservation = store::reserve(&state.db, &ids, dispatch_lease(state).as_secs_f64()).await?;
     let reserved = reservation.jobs;
-    let is_reserved = |id: &Uuid| reserved.iter().any(|r| r.id == *id);
+    let is_reserved = |id: &Uuid| reserved.iter().any(|r| r.id() == *id);
     // Only messages whose job was not reserved need its state (usually none).
     let others: Vec<Uuid> = ids.iter().copied().filter(|id| !is_reserved(id)).collect();
     // The reserved jobs are live now: whatever happens next, they get
@@ -380,7 +385,7 @@ async fn reserve_for(state: &AppState, messages: Vec<Received>) -> anyhow::Resul
                 let delay = d.lease_expires_at.map_or(Duration::ZERO, until);
                 sorted.release.push(release(delay, None));
             }
-            Some(d) if d.status.is_terminal() || d.status == JobStatus::Running => sorted.delete.push(m.receipt),
+            Some(d) if d.status.needs_no_message() => sorted.delete.push(m.receipt),
             Some(d) if d.available_at > now => sorted.release.push(release(until(d.available_at), Some(id))),
             Some(_) => match reservation.busy_until {
                 // Queued and due, but the downstream asked to wait.
@@ -399,7 +404,7 @@ async fn reserve_for(state: &AppState, messages: Vec<Received>) -> anyhow::Resul
     sorted.reserved = reserved
         .into_iter()
         .map(|r| {
-            let receipt = receipts.remove(&r.id).expect("a reserved job came from a message");
+            let receipt = receipts.remove(&r.id()).expect("a reserved job came from a message");
             (r, receipt)
         })
         .collect();
@@ -407,29 +412,31 @@ async fn reserve_for(state: &AppState, messages: Vec<Received>) -> anyhow::Resul
 }
 
 /// Submits one reserved job and records what the downstream said.
+#[tracing::instrument(name = "dispatch", skip_all, fields(job_id = %job.id(), attempt = job.attempt.attempt))]
 async fn dispatch(state: &AppState, job: Reserved, receipt: String) -> Finished {
     let base = state.config.public_base_url();
+    let id = job.id();
     let submission = Submission {
-        job_id: job.id,
         attempt: job.attempt,
         payload: &job.payload,
-        callback_url: format!("{base}/jobs/{}/callback", job.id),
-        heartbeat_url: format!("{base}/jobs/{}/heartbeat", job.id),
-        callback_token: callback_token::issue(&state.config.callback_secret, job.id, job.attempt),
+        callback_url: format!("{base}/jobs/{id}/callback"),
+        heartbeat_url: format!("{base}/jobs/{id}/heartbeat"),
+        callback_token: callback_token::issue(&state.config.callback_secret, job.attempt),
     };
     let outcome = state.downstream.submit(&submission).await;
     let reason = outcome.reason();
     let (t, after) = decide(state, &job, &outcome, &reason).await;
-    let action = match apply_with_retry(state, job.id, &t).await {
+    let action = match apply_with_retry(state, id, &t).await {
         Applied::Done(done) => {
+            tracing::debug!(status = done.status.as_str(), %reason, "submission recorded");
             if done.status.is_terminal() {
-                metrics::counter!("sluicegate_jobs_finished_total", "status" => done.status.as_str()).increment(1);
+                metrics::counter!(crate::metrics::JOBS_FINISHED, "status" => done.status.as_str()).increment(1);
             }
             match after {
                 Some(delay) => MessageAction::Release(Release {
                     receipt,
                     delay,
-                    job: Some(job.id),
+                    job: Some(id),
                 }),
                 None => MessageAction::Delete(receipt),
             }
@@ -437,8 +444,8 @@ async fn dispatch(state: &AppState, job: Reserved, receipt: String) -> Finished 
         // The job moved on meanwhile (a callback or heartbeat arrived first,
         // or its lease was reclaimed): keep the message only if the job may
         // still need it.
-        Applied::MovedOn => match store::attempt_of(&state.db, job.id).await {
-            Ok(Some((_, s))) if s.is_terminal() || s == JobStatus::Running => MessageAction::Delete(receipt),
+        Applied::MovedOn => match store::status_of(&state.db, id).await {
+            Ok(Some(s)) if s.needs_no_message() => MessageAction::Delete(receipt),
             _ => MessageAction::Leave,
         },
         // Postgres is unreachable: the job stays `dispatching` until its lease
@@ -448,24 +455,20 @@ async fn dispatch(state: &AppState, job: Reserved, receipt: String) -> Finished 
     Finished { action, outcome }
 }
 
-/// The state change an outcome calls for (the contract's downstream table),
-/// and, if the job's message must stay, after how long it shows again
-/// (`None`: delete it).
+/// The state change an outcome calls for (the contract's downstream table;
+/// see `lifecycle`), and, if the job's message must stay, after how long it
+/// shows again (`None`: delete it).
 async fn decide<'a>(
     state: &AppState,
     job: &Reserved,
     outcome: &'a Outcome,
     reason: &'a str,
 ) -> (Transition<'a>, Option<Duration>) {
-    const FROM: &[JobStatus] = &[JobStatus::Dispatching];
-    let mut t = Transition::new(FROM, JobStatus::Queued, reason);
-    t.attempt = Some(job.attempt);
-    let after = match outcome {
+    let attempt = job.attempt;
+    match outcome {
         Outcome::Accepted(_) => {
-            metrics::counter!("sluicegate_jobs_dispatched_total").increment(1);
-            t.to = JobStatus::Running;
-            t.started = true;
-            None
+            metrics::counter!(crate::metrics::JOBS_DISPATCHED).increment(1);
+            (Transition::accepted(attempt, reason), None)
         }
         Outcome::Busy {
             retry_after,
@@ -475,8 +478,10 @@ async fn decide<'a>(
             let delay = retry_after.unwrap_or_default();
             if let Some(asked) = capped_from {
                 metrics::counter!(crate::metrics::RETRY_AFTER_CAPPED).increment(1);
-                tracing::warn!(job_id = %job.id, attempt = job.attempt, asked_secs = asked.as_secs(),
-                    "the downstream's Retry-After is longer than the longest honoured; cut");
+                tracing::warn!(
+                    asked_secs = asked.as_secs(),
+                    "the downstream's Retry-After is longer than the longest honoured; cut"
+                );
             }
             if !delay.is_zero() {
                 // The downstream said when to come back: no replica sends
@@ -485,36 +490,24 @@ async fn decide<'a>(
                     tracing::warn!(error = %e, "could not record the downstream's Retry-After");
                 }
             }
-            t.busy_refusal = true;
-            t.delay_secs = delay.as_secs_f64();
-            Some(delay)
+            (Transition::busy(attempt, reason, delay), Some(delay))
         }
-        Outcome::Rejected { detail, .. } => {
-            t.to = JobStatus::Failed;
-            t.error = Some(detail);
-            None
+        Outcome::Rejected { detail, .. } => (Transition::rejected(attempt, reason, detail), None),
+        Outcome::Transient { reason } if job.attempts_used >= job.max_attempts => {
+            (Transition::out_of_attempts(attempt, reason), None)
         }
         Outcome::Transient { reason } => {
-            t.error = Some(reason);
-            if job.attempts_used >= job.max_attempts {
-                t.to = JobStatus::Failed;
-                None
-            } else {
-                let delay = backoff(job.attempts_used);
-                t.delay_secs = delay.as_secs_f64();
-                Some(delay)
-            }
+            let delay = backoff(job.attempts_used);
+            (Transition::retry(attempt, reason, delay), Some(delay))
         }
-        Outcome::Unknown { reason } => {
-            // The downstream may be running it: the job keeps its slot with
-            // the lease of a running job; its message shows again when that
-            // lease ends (then the job is `queued` again, or settled).
-            t.to = JobStatus::Dispatching;
-            t.error = Some(reason);
-            Some(Duration::from_secs(job.timeout_secs.max(0) as u64) + DUE_SLACK)
-        }
-    };
-    (t, after)
+        // The downstream may be running it: the job keeps its slot with the
+        // lease of a running job; its message shows again when that lease
+        // ends (then the job is `queued` again, or settled).
+        Outcome::Unknown { reason } => (
+            Transition::outcome_unknown(attempt, reason),
+            Some(Duration::from_secs(job.timeout_secs.max(0) as u64) + DUE_SLACK),
+        ),
+    }
 }
 
 /// What became of recording a submission's outcome.
@@ -534,13 +527,13 @@ async fn apply_with_retry(state: &AppState, id: Uuid, t: &Transition<'_>) -> App
             Ok(Some(job)) => return Applied::Done(job),
             Ok(None) => return Applied::MovedOn,
             Err(e) => {
-                tracing::warn!(job_id = %id, attempt = ?t.attempt, error = %e, "recording a submission outcome failed; retrying");
+                tracing::warn!(error = %e, "recording a submission outcome failed; retrying");
                 tokio::time::sleep(delay).await;
                 delay *= 2;
             }
         }
     }
-    tracing::error!(job_id = %id, attempt = ?t.attempt, "could not record a submission outcome; the lease will reclaim the slot");
+    tracing::error!("could not record a submission outcome; the lease will reclaim the slot");
     Applied::Unrecorded
 }
 

@@ -4,7 +4,7 @@
 //!
 //! See ARCHITECTURE.md for the map of modules and the invariants.
 
-pub mod auth;
+pub mod background;
 pub mod callback_token;
 pub mod cli;
 pub mod config;
@@ -12,9 +12,10 @@ pub mod demo_downstream;
 pub mod domain;
 pub mod downstream;
 pub mod drain;
-pub mod error;
+pub mod enqueue;
 pub mod healthcheck;
 pub mod http;
+pub mod lifecycle;
 pub mod metrics;
 pub mod queue;
 pub mod requeue;

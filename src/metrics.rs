@@ -9,6 +9,23 @@ use crate::{state::AppState, store};
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+// Every metric's name, defined once (described in `describe()`).
+pub const JOBS_ENQUEUED: &str = "sluicegate_jobs_enqueued_total";
+pub const JOBS_DISPATCHED: &str = "sluicegate_jobs_dispatched_total";
+/// `{status}`
+pub const JOBS_FINISHED: &str = "sluicegate_jobs_finished_total";
+pub const RUNNING: &str = "sluicegate_running";
+pub const LIMIT: &str = "sluicegate_limit";
+pub const QUEUE_DEPTH: &str = "sluicegate_queue_depth";
+pub const DRAIN_DURATION: &str = "sluicegate_drain_duration_seconds";
+/// `{outcome}`
+pub const DOWNSTREAM_DURATION: &str = "sluicegate_downstream_request_duration_seconds";
+/// `{method,route,status}`
+pub const HTTP_REQUESTS: &str = "sluicegate_http_requests_total";
+/// `{method,route,status}`
+pub const HTTP_DURATION: &str = "sluicegate_http_request_duration_seconds";
+pub const HTTP_SHED: &str = "sluicegate_http_requests_shed_total";
+pub const HTTP_CONNECTIONS_REFUSED: &str = "sluicegate_http_connections_refused_total";
 /// `sluicegate_sqs_requests_total{operation}`: every HTTP request to SQS.
 pub const SQS_REQUESTS: &str = "sluicegate_sqs_requests_total";
 /// `sluicegate_messages_resent_total{reason}`: fresh SQS messages sent for
@@ -42,24 +59,12 @@ pub fn recorder() -> PrometheusHandle {
 
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    describe_counter!("sluicegate_jobs_enqueued_total", "Jobs accepted and queued");
-    describe_counter!(
-        "sluicegate_jobs_dispatched_total",
-        "Submissions the downstream accepted (2xx)"
-    );
-    describe_counter!(
-        "sluicegate_jobs_finished_total",
-        "Jobs that reached a terminal status, by status"
-    );
-    describe_gauge!(
-        "sluicegate_running",
-        "Jobs counted against the limit (dispatching + running)"
-    );
-    describe_gauge!("sluicegate_limit", "The concurrency limit");
-    describe_gauge!(
-        "sluicegate_queue_depth",
-        "Approximate visible messages in the SQS queue"
-    );
+    describe_counter!(JOBS_ENQUEUED, "Jobs accepted and queued");
+    describe_counter!(JOBS_DISPATCHED, "Submissions the downstream accepted (2xx)");
+    describe_counter!(JOBS_FINISHED, "Jobs that reached a terminal status, by status");
+    describe_gauge!(RUNNING, "Jobs counted against the limit (dispatching + running)");
+    describe_gauge!(LIMIT, "The concurrency limit");
+    describe_gauge!(QUEUE_DEPTH, "Approximate visible messages in the SQS queue");
     describe_counter!(
         SQS_REQUESTS,
         "HTTP requests to SQS (each retry of the SDK counts), by operation"
@@ -72,30 +77,24 @@ fn describe() {
         RETRY_AFTER_CAPPED,
         "Downstream Retry-After values longer than the longest honoured (cut to it)"
     );
+    describe_histogram!(DRAIN_DURATION, Unit::Seconds, "Duration of one drain");
     describe_histogram!(
-        "sluicegate_drain_duration_seconds",
-        Unit::Seconds,
-        "Duration of one drain"
-    );
-    describe_histogram!(
-        "sluicegate_downstream_request_duration_seconds",
+        DOWNSTREAM_DURATION,
         Unit::Seconds,
         "Duration of one submission to the downstream, by outcome"
     );
-    describe_counter!(
-        "sluicegate_http_requests_total",
-        "HTTP requests, by method, route and status"
-    );
+    describe_counter!(HTTP_REQUESTS, "HTTP requests, by method, route and status");
     describe_histogram!(
-        "sluicegate_http_request_duration_seconds",
+        HTTP_DURATION,
         Unit::Seconds,
         "HTTP request latency, by method, route and status"
     );
+    describe_counter!(HTTP_SHED, "Requests refused because too many were in flight");
     describe_counter!(
-        "sluicegate_http_requests_shed_total",
-        "Requests refused because too many were in flight"
+        HTTP_CONNECTIONS_REFUSED,
+        "Connections closed at once because MAX_CONNECTIONS were open"
     );
-    for name in ["sluicegate_jobs_enqueued_total", "sluicegate_jobs_dispatched_total"] {
+    for name in [JOBS_ENQUEUED, JOBS_DISPATCHED] {
         metrics::counter!(name).increment(0);
     }
 }
@@ -104,10 +103,10 @@ fn describe() {
 /// same values, read from Postgres and SQS).
 pub async fn sample(state: &AppState) {
     if let Ok((limit, live)) = store::capacity(&state.db).await {
-        metrics::gauge!("sluicegate_running").set(live as f64);
-        metrics::gauge!("sluicegate_limit").set(f64::from(limit));
+        metrics::gauge!(RUNNING).set(live as f64);
+        metrics::gauge!(LIMIT).set(f64::from(limit));
     }
     if let Ok(depth) = state.queue.depth().await {
-        metrics::gauge!("sluicegate_queue_depth").set(depth as f64);
+        metrics::gauge!(QUEUE_DEPTH).set(depth as f64);
     }
 }

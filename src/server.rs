@@ -57,7 +57,7 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown:
             _ = &mut shutdown => break,
         };
         let Ok(permit) = connections.clone().try_acquire_owned() else {
-            metrics::counter!("sluicegate_http_connections_refused_total").increment(1);
+            metrics::counter!(crate::metrics::HTTP_CONNECTIONS_REFUSED).increment(1);
             drop(stream);
             continue;
         };

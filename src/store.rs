@@ -1,8 +1,13 @@
-//! All SQL lives here. Functions take `impl PgExecutor` so that they work on
+//! All SQL lives here, checked against the schema at compile time (sqlx's
+//! `query!` macros; the `.sqlx/` cache lets builds run without a database,
+//! `SQLX_OFFLINE=true`). Functions take `impl PgExecutor` so that they work on
 //! the pool or inside a transaction.
 //!
 //! Every change of a job's status goes through a statement that also writes
 //! the job's event (a data-modifying CTE), so history and state never diverge.
+//! Which changes exist, and what each does, is `lifecycle`'s business: this
+//! module applies them. Status sets are the SQL functions `live_statuses()`
+//! and `terminal_statuses()` (the lifecycle's `LIVE` and `TERMINAL`).
 
 use std::collections::HashMap;
 
@@ -11,14 +16,14 @@ use serde_json::value::RawValue;
 use sqlx::{PgExecutor, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use crate::domain::{IdempotencyKey, Job, JobEvent, JobSpec, JobStatus};
+use crate::{
+    domain::{IdempotencyKey, Job, JobEvent, JobSpec},
+    lifecycle::{AttemptRef, JobStatus, Lease, Transition, reasons},
+};
 
-/// The columns of a [`Job`]. `attempts` there is the number of attempts used:
-/// submissions refused with 429/503 (`busy_refusals`) use none.
-const JOB_COLUMNS: &str = "id, status, payload::text AS payload, attempts - busy_refusals AS attempts, created_at, \
-                           started_at, finished_at, result::text AS result, error";
-
-#[derive(sqlx::FromRow)]
+/// A job as read from SQL. Every query that returns jobs selects these
+/// columns; `attempts` is the number of attempts used (`attempts -
+/// busy_refusals`: submissions refused with 429/503 use none).
 struct JobRow {
     id: Uuid,
     status: JobStatus,
@@ -49,56 +54,68 @@ impl From<JobRow> for Job {
     }
 }
 
+/// Is Postgres there? (readiness)
+pub async fn ping(ex: impl PgExecutor<'_>) -> sqlx::Result<()> {
+    sqlx::query!("SELECT 1 AS one").fetch_one(ex).await?;
+    Ok(())
+}
+
 // ---------------------------------------------------------------- the limit
 
 /// Creates the limit from `MAX_CONCURRENCY` if the database has none yet.
 pub async fn seed_limit(ex: impl PgExecutor<'_>, max_concurrency: u32) -> sqlx::Result<()> {
-    sqlx::query("INSERT INTO gate (id, max_concurrency) VALUES (TRUE, $1) ON CONFLICT (id) DO NOTHING")
-        .bind(max_concurrency as i32)
-        .execute(ex)
-        .await?;
+    sqlx::query!(
+        "INSERT INTO gate (id, max_concurrency) VALUES (TRUE, $1) ON CONFLICT (id) DO NOTHING",
+        max_concurrency as i32
+    )
+    .execute(ex)
+    .await?;
     Ok(())
 }
 
 pub async fn get_limit(ex: impl PgExecutor<'_>) -> sqlx::Result<i32> {
-    sqlx::query_scalar("SELECT max_concurrency FROM gate")
+    sqlx::query_scalar!("SELECT max_concurrency FROM gate")
         .fetch_one(ex)
         .await
 }
 
 /// Changes the limit. Takes the gate lock, so it is ordered with reservations.
 pub async fn set_limit(ex: impl PgExecutor<'_>, max_concurrency: i32) -> sqlx::Result<i32> {
-    sqlx::query_scalar("UPDATE gate SET max_concurrency = $1, updated_at = now() RETURNING max_concurrency")
-        .bind(max_concurrency)
-        .fetch_one(ex)
-        .await
-}
-
-/// `(limit, live)`: the limit and the number of jobs dispatching or running.
-pub async fn capacity(ex: impl PgExecutor<'_>) -> sqlx::Result<(i32, i64)> {
-    sqlx::query_as(
-        "SELECT (SELECT max_concurrency FROM gate), \
-                (SELECT count(*) FROM jobs WHERE status IN ('dispatching', 'running'))",
+    sqlx::query_scalar!(
+        "UPDATE gate SET max_concurrency = $1, updated_at = now() RETURNING max_concurrency",
+        max_concurrency
     )
     .fetch_one(ex)
     .await
 }
 
+/// `(limit, live)`: the limit and the number of jobs holding a slot.
+pub async fn capacity(ex: impl PgExecutor<'_>) -> sqlx::Result<(i32, i64)> {
+    let r = sqlx::query!(
+        r#"SELECT (SELECT max_concurrency FROM gate) AS "limit!",
+                  (SELECT count(*) FROM jobs WHERE status = ANY(live_statuses())) AS "live!""#
+    )
+    .fetch_one(ex)
+    .await?;
+    Ok((r.limit, r.live))
+}
+
 /// What a drain needs to know before asking SQS for more, in one round trip.
-#[derive(Debug, Clone, Copy, sqlx::FromRow)]
+#[derive(Debug, Clone, Copy)]
 pub struct GateState {
     pub limit: i32,
-    /// Jobs dispatching or running.
+    /// Jobs holding a slot.
     pub live: i64,
     /// The downstream asked (with Retry-After) not to be sent anything yet.
     pub busy: bool,
 }
 
 pub async fn gate_state(ex: impl PgExecutor<'_>) -> sqlx::Result<GateState> {
-    sqlx::query_as(
-        "SELECT max_concurrency AS limit, coalesce(busy_until > now(), false) AS busy, \
-                (SELECT count(*) FROM jobs WHERE status IN ('dispatching', 'running')) AS live \
-         FROM gate",
+    sqlx::query_as!(
+        GateState,
+        r#"SELECT max_concurrency AS "limit!", coalesce(busy_until > now(), false) AS "busy!",
+                  (SELECT count(*) FROM jobs WHERE status = ANY(live_statuses())) AS "live!"
+           FROM gate"#
     )
     .fetch_one(ex)
     .await
@@ -107,10 +124,10 @@ pub async fn gate_state(ex: impl PgExecutor<'_>) -> sqlx::Result<GateState> {
 /// Records a Retry-After: nothing is submitted before `now + secs` (an
 /// earlier, longer pause is kept).
 pub async fn pause_downstream(ex: impl PgExecutor<'_>, secs: f64) -> sqlx::Result<()> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE gate SET busy_until = GREATEST(coalesce(busy_until, now()), now() + make_interval(secs => $1))",
+        secs
     )
-    .bind(secs)
     .execute(ex)
     .await?;
     Ok(())
@@ -147,57 +164,76 @@ pub async fn insert_jobs(
     default_max_attempts: u32,
 ) -> sqlx::Result<Vec<Inserted>> {
     let fingerprints: Vec<Option<Vec<u8>>> = jobs.iter().map(|j| j.key.map(|_| j.spec.fingerprint())).collect();
-    let sql = format!(
-        "WITH input AS ( \
-           SELECT * FROM unnest($1::uuid[], $2::text[], $3::int[], $4::int[], $5::text[], $6::bytea[]) \
-             WITH ORDINALITY AS t(id, payload, timeout_secs, max_attempts, idempotency_key, request_hash, ord)), \
-         ins AS ( \
-           INSERT INTO jobs (id, payload, timeout_secs, max_attempts, idempotency_key, request_hash) \
-           SELECT id, payload::json, timeout_secs, max_attempts, idempotency_key, request_hash \
-           FROM input ORDER BY idempotency_key, ord \
-           ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
-           RETURNING *), \
-         ev AS (INSERT INTO job_events (job_id, from_status, to_status, attempt, reason) \
-                SELECT id, NULL, status, 0, 'submitted' FROM ins) \
-         SELECT {JOB_COLUMNS} FROM ins"
-    );
-    let rows: Vec<JobRow> = sqlx::query_as(&sql)
-        .bind(jobs.iter().map(|j| j.id).collect::<Vec<_>>())
-        .bind(jobs.iter().map(|j| j.spec.payload.get()).collect::<Vec<_>>())
-        .bind(
-            jobs.iter()
-                .map(|j| j.spec.timeout_secs.unwrap_or(default_timeout_secs) as i32)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            jobs.iter()
-                .map(|j| j.spec.max_attempts.unwrap_or(default_max_attempts) as i32)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            jobs.iter()
-                .map(|j| j.key.map(IdempotencyKey::as_str))
-                .collect::<Vec<_>>(),
-        )
-        .bind(&fingerprints)
-        .fetch_all(&mut **tx)
-        .await?;
+    let ids: Vec<Uuid> = jobs.iter().map(|j| j.id).collect();
+    let payloads: Vec<String> = jobs.iter().map(|j| j.spec.payload.get().to_owned()).collect();
+    let timeouts: Vec<i32> = jobs
+        .iter()
+        .map(|j| j.spec.timeout_secs.unwrap_or(default_timeout_secs) as i32)
+        .collect();
+    let max_attempts: Vec<i32> = jobs
+        .iter()
+        .map(|j| j.spec.max_attempts.unwrap_or(default_max_attempts) as i32)
+        .collect();
+    let keys: Vec<Option<String>> = jobs.iter().map(|j| j.key.map(|k| k.as_str().to_owned())).collect();
+    let rows = sqlx::query_as!(
+        JobRow,
+        r#"WITH input AS (
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::int[], $4::int[], $5::text[], $6::bytea[])
+               WITH ORDINALITY AS t(id, payload, timeout_secs, max_attempts, idempotency_key, request_hash, ord)),
+           ins AS (
+             INSERT INTO jobs (id, payload, timeout_secs, max_attempts, idempotency_key, request_hash)
+             SELECT id, payload::json, timeout_secs, max_attempts, idempotency_key, request_hash
+             FROM input ORDER BY idempotency_key, ord
+             ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+             RETURNING *),
+           ev AS (INSERT INTO job_events (job_id, from_status, to_status, attempt, reason)
+                  SELECT id, NULL, status, 0, $7 FROM ins)
+           SELECT id AS "id!", status AS "status!: JobStatus", payload::text AS "payload!",
+                  attempts - busy_refusals AS "attempts!", created_at AS "created_at!", started_at, finished_at,
+                  result::text AS result, error
+           FROM ins"#,
+        &ids,
+        &payloads,
+        &timeouts,
+        &max_attempts,
+        &keys as &[Option<String>],
+        &fingerprints as &[Option<Vec<u8>>],
+        Transition::submitted(),
+    )
+    .fetch_all(&mut **tx)
+    .await?;
     let mut inserted: HashMap<Uuid, Job> = rows.into_iter().map(|r| (r.id, Job::from(r))).collect();
 
     // Items that inserted nothing: their key was taken (before, or earlier in this input).
-    let taken: Vec<&str> = jobs
+    let taken: Vec<String> = jobs
         .iter()
         .filter(|j| !inserted.contains_key(&j.id))
-        .filter_map(|j| j.key.map(IdempotencyKey::as_str))
+        .filter_map(|j| j.key.map(|k| k.as_str().to_owned()))
         .collect();
     let mut holders: HashMap<String, (Job, Option<Vec<u8>>)> = HashMap::new();
     if !taken.is_empty() {
-        use sqlx::{FromRow, Row};
-        let sql =
-            format!("SELECT {JOB_COLUMNS}, idempotency_key, request_hash FROM jobs WHERE idempotency_key = ANY($1)");
-        for r in sqlx::query(&sql).bind(&taken).fetch_all(&mut **tx).await? {
-            let key: String = r.try_get("idempotency_key")?;
-            holders.insert(key, (JobRow::from_row(&r)?.into(), r.try_get("request_hash")?));
+        let rows = sqlx::query!(
+            r#"SELECT id, status AS "status: JobStatus", payload::text AS "payload!",
+                      attempts - busy_refusals AS "attempts!", created_at, started_at, finished_at,
+                      result::text AS result, error, idempotency_key AS "idempotency_key!", request_hash
+               FROM jobs WHERE idempotency_key = ANY($1)"#,
+            &taken
+        )
+        .fetch_all(&mut **tx)
+        .await?;
+        for r in rows {
+            let job = JobRow {
+                id: r.id,
+                status: r.status,
+                payload: r.payload,
+                attempts: r.attempts,
+                created_at: r.created_at,
+                started_at: r.started_at,
+                finished_at: r.finished_at,
+                result: r.result,
+                error: r.error,
+            };
+            holders.insert(r.idempotency_key, (job.into(), r.request_hash));
         }
     }
     let mut out = Vec::with_capacity(jobs.len());
@@ -229,8 +265,7 @@ fn clone_job(job: &Job) -> Job {
 /// Removes jobs whose SQS message could not be sent, within the transaction
 /// that inserted them (so they never become visible).
 pub async fn delete_jobs(tx: &mut Transaction<'_, Postgres>, ids: &[Uuid]) -> sqlx::Result<()> {
-    sqlx::query("DELETE FROM jobs WHERE id = ANY($1)")
-        .bind(ids)
+    sqlx::query!("DELETE FROM jobs WHERE id = ANY($1)", ids)
         .execute(&mut **tx)
         .await?;
     Ok(())
@@ -239,25 +274,23 @@ pub async fn delete_jobs(tx: &mut Transaction<'_, Postgres>, ids: &[Uuid]) -> sq
 // ---------------------------------------------------------------- reading
 
 pub async fn get_job(ex: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<Job>> {
-    let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1");
-    Ok(sqlx::query_as::<_, JobRow>(&sql)
-        .bind(id)
-        .fetch_optional(ex)
-        .await?
-        .map(Job::from))
+    Ok(sqlx::query_as!(
+        JobRow,
+        r#"SELECT id, status AS "status: JobStatus", payload::text AS "payload!",
+                  attempts - busy_refusals AS "attempts!", created_at, started_at, finished_at,
+                  result::text AS result, error
+           FROM jobs WHERE id = $1"#,
+        id
+    )
+    .fetch_optional(ex)
+    .await?
+    .map(Job::from))
 }
 
 /// A page of [`list_jobs`]: the jobs, and whether more match after them.
 pub struct JobsPage {
     pub jobs: Vec<Job>,
     pub more: bool,
-}
-
-#[derive(sqlx::FromRow)]
-struct PageRow {
-    #[sqlx(flatten)]
-    job: JobRow,
-    more: bool,
 }
 
 /// Newest first; `after` is the `(created_at, id)` of the last job of the
@@ -278,50 +311,66 @@ pub async fn list_jobs(
     limit: i64,
     max_bytes: i64,
 ) -> sqlx::Result<JobsPage> {
-    let sql = format!(
-        "WITH candidates AS ( \
-             SELECT id, payload, result, error, row_number() OVER w AS n, \
-                    sum(greatest(pg_column_size(payload) - 4, 0) \
-                        + coalesce(greatest(pg_column_size(result) - 4, 0), 0) \
-                        + coalesce(greatest(pg_column_size(error) - 4, 0), 0)) OVER w AS at_least \
-             FROM jobs \
-             WHERE ($1::job_status IS NULL OR status = $1) \
-               AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3)) \
-             WINDOW w AS (ORDER BY created_at DESC, id DESC ROWS UNBOUNDED PRECEDING) \
-             ORDER BY created_at DESC, id DESC LIMIT $4 + 1 \
-         ), sized AS ( \
-             SELECT id, n, sum(octet_length(payload::text) + coalesce(octet_length(result::text), 0) \
-                               + coalesce(octet_length(error), 0)) \
-                           OVER (ORDER BY n ROWS UNBOUNDED PRECEDING) AS bytes \
-             FROM candidates WHERE n <= $4 AND (n = 1 OR at_least <= $5) \
-         ), page AS ( \
-             SELECT id FROM sized WHERE n = 1 OR bytes <= $5 \
-         ) \
-         SELECT {JOB_COLUMNS}, (SELECT count(*) FROM candidates) > (SELECT count(*) FROM page) AS more \
-         FROM jobs WHERE id = ANY(ARRAY(SELECT id FROM page)) \
-         ORDER BY created_at DESC, id DESC"
-    );
-    let rows = sqlx::query_as::<_, PageRow>(&sql)
-        .bind(status)
-        .bind(after.map(|a| a.0))
-        .bind(after.map(|a| a.1))
-        .bind(limit)
-        .bind(max_bytes)
-        .fetch_all(ex)
-        .await?;
+    let rows = sqlx::query!(
+        r#"WITH candidates AS (
+               SELECT id, payload, result, error, row_number() OVER w AS n,
+                      sum(greatest(pg_column_size(payload) - 4, 0)
+                          + coalesce(greatest(pg_column_size(result) - 4, 0), 0)
+                          + coalesce(greatest(pg_column_size(error) - 4, 0), 0)) OVER w AS at_least
+               FROM jobs
+               WHERE ($1::job_status IS NULL OR status = $1)
+                 AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
+               WINDOW w AS (ORDER BY created_at DESC, id DESC ROWS UNBOUNDED PRECEDING)
+               ORDER BY created_at DESC, id DESC LIMIT $4::bigint + 1
+           ), sized AS (
+               SELECT id, n, sum(octet_length(payload::text) + coalesce(octet_length(result::text), 0)
+                                 + coalesce(octet_length(error), 0))
+                             OVER (ORDER BY n ROWS UNBOUNDED PRECEDING) AS bytes
+               FROM candidates WHERE n <= $4 AND (n = 1 OR at_least <= $5)
+           ), page AS (
+               SELECT id FROM sized WHERE n = 1 OR bytes <= $5
+           )
+           SELECT id, status AS "status: JobStatus", payload::text AS "payload!",
+                  attempts - busy_refusals AS "attempts!", created_at, started_at, finished_at,
+                  result::text AS result, error,
+                  (SELECT count(*) FROM candidates) > (SELECT count(*) FROM page) AS "more!"
+           FROM jobs WHERE id = ANY(ARRAY(SELECT id FROM page))
+           ORDER BY created_at DESC, id DESC"#,
+        status as Option<JobStatus>,
+        after.map(|a| a.0),
+        after.map(|a| a.1),
+        limit,
+        max_bytes
+    )
+    .fetch_all(ex)
+    .await?;
     let more = rows.first().is_some_and(|r| r.more);
-    Ok(JobsPage {
-        jobs: rows.into_iter().map(|r| Job::from(r.job)).collect(),
-        more,
-    })
+    let jobs = rows
+        .into_iter()
+        .map(|r| {
+            Job::from(JobRow {
+                id: r.id,
+                status: r.status,
+                payload: r.payload,
+                attempts: r.attempts,
+                created_at: r.created_at,
+                started_at: r.started_at,
+                finished_at: r.finished_at,
+                result: r.result,
+                error: r.error,
+            })
+        })
+        .collect();
+    Ok(JobsPage { jobs, more })
 }
 
 pub async fn job_events(ex: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Vec<JobEvent>> {
-    sqlx::query_as(
-        "SELECT at, from_status AS \"from\", to_status AS \"to\", attempt, reason \
-         FROM job_events WHERE job_id = $1 ORDER BY id",
+    sqlx::query_as!(
+        JobEvent,
+        r#"SELECT at, from_status AS "from: JobStatus", to_status AS "to: JobStatus", attempt, reason
+           FROM job_events WHERE job_id = $1 ORDER BY id"#,
+        id
     )
-    .bind(id)
     .fetch_all(ex)
     .await
 }
@@ -339,153 +388,126 @@ impl Counts {
 
 /// Jobs per status, from the appended deltas (no scan of the jobs table).
 pub async fn counts(ex: impl PgExecutor<'_>) -> sqlx::Result<Counts> {
-    let rows: Vec<(JobStatus, i64)> =
-        sqlx::query_as("SELECT status, sum(delta)::bigint FROM job_count_deltas GROUP BY status")
-            .fetch_all(ex)
-            .await?;
-    Ok(Counts { by_status: rows })
+    let rows = sqlx::query!(
+        r#"SELECT status AS "status: JobStatus", sum(delta)::bigint AS "n!" FROM job_count_deltas GROUP BY status"#
+    )
+    .fetch_all(ex)
+    .await?;
+    Ok(Counts {
+        by_status: rows.into_iter().map(|r| (r.status, r.n)).collect(),
+    })
 }
 
 /// Folds the per-status deltas into one row per status.
 pub async fn compact_counts(ex: impl PgExecutor<'_>) -> sqlx::Result<()> {
-    sqlx::query("SELECT compact_job_counts()").execute(ex).await?;
+    sqlx::query!("SELECT compact_job_counts()").execute(ex).await?;
     Ok(())
 }
 
 // ------------------------------------------------------------ transitions
 
-/// One change of a job's state, applied only if the job is in one of `from`
-/// (and, when given, at that attempt): the attempt number fences off stale
-/// actors, such as the callback of an earlier attempt.
-pub struct Transition<'a> {
-    pub from: &'a [JobStatus],
-    pub attempt: Option<i32>,
-    pub to: JobStatus,
-    pub reason: &'a str,
-    pub error: Option<&'a str>,
-    pub result: Option<&'a RawValue>,
-    /// The downstream refused the submission with 429/503: it uses no
-    /// attempt (`busy_refusals` is incremented; the attempt number is not
-    /// reused, so every submission keeps its own Idempotency-Key and token).
-    pub busy_refusal: bool,
-    /// The downstream ran (or runs) the job: `started_at` is set if unset.
-    pub started: bool,
-    /// For `queued`: seconds before the job may be dispatched again.
-    pub delay_secs: f64,
-}
-
-impl<'a> Transition<'a> {
-    pub fn new(from: &'a [JobStatus], to: JobStatus, reason: &'a str) -> Self {
-        Self {
-            from,
-            attempt: None,
-            to,
-            reason,
-            error: None,
-            result: None,
-            busy_refusal: false,
-            started: false,
-            delay_secs: 0.0,
-        }
-    }
-}
-
-/// Applies `t` to job `id`; `None` if the job is not in a state it applies to.
-/// A job that is (still) live afterwards gets the lease of a running job, its
-/// `timeout_secs`: `running`, or `dispatching` after a submission whose
-/// outcome is unknown.
+/// Applies `t` (see `lifecycle`) to job `id`; `None` if the job is not in a
+/// state (or at the attempt) it applies to.
 pub async fn transition(ex: impl PgExecutor<'_>, id: Uuid, t: &Transition<'_>) -> sqlx::Result<Option<Job>> {
-    let sql = format!(
-        "WITH prev AS ( \
-           SELECT id, status FROM jobs \
-           WHERE id = $1 AND ($2::int IS NULL OR attempts = $2) AND status = ANY($3::job_status[]) \
-           FOR UPDATE), \
-         upd AS ( \
-           UPDATE jobs j SET \
-             status = $4, \
-             busy_refusals = j.busy_refusals + $8::int, \
-             error = $6, \
-             result = COALESCE($7::text::json, j.result), \
-             started_at = CASE WHEN $10 THEN COALESCE(j.started_at, now()) ELSE j.started_at END, \
-             finished_at = CASE WHEN $4 IN ('succeeded', 'failed', 'timed_out', 'cancelled') THEN now() END, \
-             lease_expires_at = CASE WHEN $4 IN ('dispatching', 'running') \
-                                     THEN now() + make_interval(secs => j.timeout_secs) END, \
-             available_at = now() + make_interval(secs => $9) \
-           FROM prev WHERE j.id = prev.id \
-           RETURNING j.*, prev.status AS from_status), \
-         ev AS (INSERT INTO job_events (job_id, from_status, to_status, attempt, reason) \
-                SELECT id, from_status, status, attempts, $5 FROM upd) \
-         SELECT {JOB_COLUMNS} FROM upd"
-    );
-    let row = sqlx::query_as::<_, JobRow>(&sql)
-        .bind(id)
-        .bind(t.attempt)
-        .bind(t.from)
-        .bind(t.to)
-        .bind(t.reason)
-        .bind(t.error)
-        .bind(t.result.map(RawValue::get))
-        .bind(i32::from(t.busy_refusal))
-        .bind(t.delay_secs)
-        .bind(t.started)
-        .fetch_optional(ex)
-        .await?;
-    Ok(row.map(Job::from))
+    debug_assert!(t.attempt.is_none_or(|a| a.job == id));
+    Ok(sqlx::query_as!(
+        JobRow,
+        r#"WITH prev AS (
+             SELECT id, status FROM jobs
+             WHERE id = $1 AND ($2::int IS NULL OR attempts = $2) AND status = ANY($3::job_status[])
+             FOR UPDATE),
+           upd AS (
+             UPDATE jobs j SET
+               status = $4,
+               busy_refusals = j.busy_refusals + $8::int,
+               error = $6,
+               result = COALESCE($7::text::json, j.result),
+               started_at = CASE WHEN $10 THEN COALESCE(j.started_at, now()) ELSE j.started_at END,
+               finished_at = CASE WHEN $4 = ANY(terminal_statuses()) THEN now() END,
+               lease_expires_at = CASE WHEN $11 THEN now() + make_interval(secs => j.timeout_secs) END,
+               available_at = now() + make_interval(secs => $9)
+             FROM prev WHERE j.id = prev.id
+             RETURNING j.*, prev.status AS from_status),
+           ev AS (INSERT INTO job_events (job_id, from_status, to_status, attempt, reason)
+                  SELECT id, from_status, status, attempts, $5 FROM upd)
+           SELECT id AS "id!", status AS "status!: JobStatus", payload::text AS "payload!",
+                  attempts - busy_refusals AS "attempts!", created_at AS "created_at!", started_at, finished_at,
+                  result::text AS result, error
+           FROM upd"#,
+        id,
+        t.attempt.map(|a| a.attempt),
+        t.from as &[JobStatus],
+        t.to as JobStatus,
+        t.reason,
+        t.error,
+        t.result.map(RawValue::get),
+        i32::from(t.busy_refusal),
+        t.delay.as_secs_f64(),
+        t.started,
+        t.lease == Lease::JobTimeout,
+    )
+    .fetch_optional(ex)
+    .await?
+    .map(Job::from))
 }
 
 /// Extends the lease of a live job at this attempt by its timeout (never
 /// shortening it). A heartbeat is news from the downstream: a `dispatching`
 /// job (its submission still in flight, or its outcome unknown) becomes
 /// `running`, with an event.
-pub async fn heartbeat(ex: impl PgExecutor<'_>, id: Uuid, attempt: i32) -> sqlx::Result<Option<Job>> {
-    let sql = format!(
-        "WITH prev AS ( \
-           SELECT id, status FROM jobs \
-           WHERE id = $1 AND attempts = $2 AND status IN ('dispatching', 'running') FOR UPDATE), \
-         upd AS ( \
-           UPDATE jobs j SET status = 'running', started_at = COALESCE(j.started_at, now()), \
-             lease_expires_at = GREATEST(j.lease_expires_at, now() + make_interval(secs => j.timeout_secs)) \
-           FROM prev WHERE j.id = prev.id \
-           RETURNING j.*, prev.status AS from_status), \
-         ev AS (INSERT INTO job_events (job_id, from_status, to_status, attempt, reason) \
-                SELECT id, from_status, status, attempts, 'heartbeat' FROM upd WHERE from_status <> status) \
-         SELECT {JOB_COLUMNS} FROM upd"
-    );
-    Ok(sqlx::query_as::<_, JobRow>(&sql)
-        .bind(id)
-        .bind(attempt)
-        .fetch_optional(ex)
-        .await?
-        .map(Job::from))
+pub async fn heartbeat(ex: impl PgExecutor<'_>, attempt: AttemptRef) -> sqlx::Result<Option<Job>> {
+    Ok(sqlx::query_as!(
+        JobRow,
+        r#"WITH prev AS (
+             SELECT id, status FROM jobs
+             WHERE id = $1 AND attempts = $2 AND status = ANY(live_statuses()) FOR UPDATE),
+           upd AS (
+             UPDATE jobs j SET status = 'running', started_at = COALESCE(j.started_at, now()),
+               lease_expires_at = GREATEST(j.lease_expires_at, now() + make_interval(secs => j.timeout_secs))
+             FROM prev WHERE j.id = prev.id
+             RETURNING j.*, prev.status AS from_status),
+           ev AS (INSERT INTO job_events (job_id, from_status, to_status, attempt, reason)
+                  SELECT id, from_status, status, attempts, $3 FROM upd WHERE from_status <> status)
+           SELECT id AS "id!", status AS "status!: JobStatus", payload::text AS "payload!",
+                  attempts - busy_refusals AS "attempts!", created_at AS "created_at!", started_at, finished_at,
+                  result::text AS result, error
+           FROM upd"#,
+        attempt.job,
+        attempt.attempt,
+        reasons::HEARTBEAT,
+    )
+    .fetch_optional(ex)
+    .await?
+    .map(Job::from))
 }
 
-/// The attempt a live credential must be for, and the job's status.
-pub async fn attempt_of(ex: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<(i32, JobStatus)>> {
-    sqlx::query_as("SELECT attempts, status FROM jobs WHERE id = $1")
-        .bind(id)
-        .fetch_optional(ex)
-        .await
-}
-
-/// What a callback credential is checked against: the job's current
-/// attempt, its status and when it finished.
+/// The job's current attempt, its status and when it finished: what a
+/// callback credential is checked against.
 pub struct CredentialState {
-    pub attempt: i32,
+    pub attempt: AttemptRef,
     pub status: JobStatus,
     pub finished_at: Option<DateTime<Utc>>,
 }
 
 pub async fn credential_state(ex: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<CredentialState>> {
-    let row: Option<(i32, JobStatus, Option<DateTime<Utc>>)> =
-        sqlx::query_as("SELECT attempts, status, finished_at FROM jobs WHERE id = $1")
-            .bind(id)
-            .fetch_optional(ex)
-            .await?;
-    Ok(row.map(|(attempt, status, finished_at)| CredentialState {
-        attempt,
-        status,
-        finished_at,
+    let row = sqlx::query!(
+        r#"SELECT attempts, status AS "status: JobStatus", finished_at FROM jobs WHERE id = $1"#,
+        id
+    )
+    .fetch_optional(ex)
+    .await?;
+    Ok(row.map(|r| CredentialState {
+        attempt: AttemptRef::new(id, r.attempts),
+        status: r.status,
+        finished_at: r.finished_at,
     }))
+}
+
+/// The status of a job, if it exists.
+pub async fn status_of(ex: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<JobStatus>> {
+    sqlx::query_scalar!(r#"SELECT status AS "status: JobStatus" FROM jobs WHERE id = $1"#, id)
+        .fetch_optional(ex)
+        .await
 }
 
 // ----------------------------------------------------------- the drain
@@ -493,15 +515,20 @@ pub async fn credential_state(ex: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result
 /// A job whose slot was reserved: it is now `dispatching` at `attempt`.
 #[derive(Debug)]
 pub struct Reserved {
-    pub id: Uuid,
-    /// The number of this submission (the fencing token).
-    pub attempt: i32,
+    /// The job and the number of this submission (the fencing token).
+    pub attempt: AttemptRef,
     /// Attempts used, this one included (busy refusals use none).
     pub attempts_used: i32,
     pub payload: Box<RawValue>,
     pub max_attempts: i32,
     /// The lease of the running job, in seconds.
     pub timeout_secs: i32,
+}
+
+impl Reserved {
+    pub fn id(&self) -> Uuid {
+        self.attempt.job
+    }
 }
 
 /// The result of one reservation: the jobs that got a slot, and, if the
@@ -524,14 +551,14 @@ pub async fn reserve(pool: &PgPool, candidates: &[Uuid], dispatch_lease_secs: f6
     // The argument below needs READ COMMITTED whatever the server's default
     // (under REPEATABLE READ the count would miss reservations committed
     // while this one waited for the lock).
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+    sqlx::query!("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
         .execute(&mut *tx)
         .await?;
     // Statement 1 takes the lock (and reads the latest Retry-After); statement
     // 2 starts after it is granted, so its snapshot sees every reservation
     // committed before.
-    let busy_until: Option<DateTime<Utc>> =
-        sqlx::query_scalar("SELECT CASE WHEN busy_until > now() THEN busy_until END FROM gate FOR UPDATE")
+    let busy_until =
+        sqlx::query_scalar!("SELECT CASE WHEN busy_until > now() THEN busy_until END FROM gate FOR UPDATE")
             .fetch_one(&mut *tx)
             .await?;
     if busy_until.is_some() {
@@ -541,48 +568,48 @@ pub async fn reserve(pool: &PgPool, candidates: &[Uuid], dispatch_lease_secs: f6
             busy_until,
         });
     }
-    let rows: Vec<(Uuid, i32, i32, String, i32, i32)> = sqlx::query_as(
-        "WITH free AS ( \
-           SELECT GREATEST((SELECT max_concurrency FROM gate) \
-                  - (SELECT count(*) FROM jobs WHERE status IN ('dispatching', 'running')), 0) AS n), \
-         picked AS ( \
-           SELECT id FROM jobs \
-           WHERE id = ANY($1) AND status = 'queued' AND available_at <= now() \
-           ORDER BY created_at, id LIMIT (SELECT n FROM free) \
-           FOR UPDATE), \
-         upd AS ( \
-           UPDATE jobs j SET status = 'dispatching', attempts = j.attempts + 1, \
-                  lease_expires_at = now() + make_interval(secs => $2) \
-           FROM picked WHERE j.id = picked.id \
-           RETURNING j.id, j.attempts, j.attempts - j.busy_refusals AS used, j.payload::text AS payload, \
-                     j.max_attempts, j.timeout_secs), \
-         ev AS (INSERT INTO job_events (job_id, from_status, to_status, attempt, reason) \
-                SELECT id, 'queued', 'dispatching', attempts, 'slot reserved by drain' FROM upd) \
-         SELECT id, attempts, used, payload, max_attempts, timeout_secs FROM upd",
+    let rows = sqlx::query!(
+        r#"WITH free AS (
+             SELECT GREATEST((SELECT max_concurrency FROM gate)
+                    - (SELECT count(*) FROM jobs WHERE status = ANY(live_statuses())), 0) AS n),
+           picked AS (
+             SELECT id FROM jobs
+             WHERE id = ANY($1) AND status = 'queued' AND available_at <= now()
+             ORDER BY created_at, id LIMIT (SELECT n FROM free)
+             FOR UPDATE),
+           upd AS (
+             UPDATE jobs j SET status = 'dispatching', attempts = j.attempts + 1,
+                    lease_expires_at = now() + make_interval(secs => $2)
+             FROM picked WHERE j.id = picked.id
+             RETURNING j.id, j.attempts, j.attempts - j.busy_refusals AS used, j.payload::text AS payload,
+                       j.max_attempts, j.timeout_secs),
+           ev AS (INSERT INTO job_events (job_id, from_status, to_status, attempt, reason)
+                  SELECT id, 'queued', 'dispatching', attempts, $3 FROM upd)
+           SELECT id AS "id!", attempts AS "attempts!", used AS "used!", payload AS "payload!",
+                  max_attempts AS "max_attempts!", timeout_secs AS "timeout_secs!"
+           FROM upd"#,
+        candidates,
+        dispatch_lease_secs,
+        reasons::RESERVED,
     )
-    .bind(candidates)
-    .bind(dispatch_lease_secs)
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
     let jobs = rows
         .into_iter()
-        .map(
-            |(id, attempt, attempts_used, payload, max_attempts, timeout_secs)| Reserved {
-                id,
-                attempt,
-                attempts_used,
-                payload: RawValue::from_string(payload).expect("a json column holds valid JSON"),
-                max_attempts,
-                timeout_secs,
-            },
-        )
+        .map(|r| Reserved {
+            attempt: AttemptRef::new(r.id, r.attempts),
+            attempts_used: r.used,
+            payload: RawValue::from_string(r.payload).expect("a json column holds valid JSON"),
+            max_attempts: r.max_attempts,
+            timeout_secs: r.timeout_secs,
+        })
         .collect();
     Ok(Reservation { jobs, busy_until })
 }
 
 /// What a drain needs to know of a received message's job.
-#[derive(Debug, Clone, Copy, sqlx::FromRow)]
+#[derive(Debug, Clone, Copy)]
 pub struct DueState {
     pub id: Uuid,
     pub status: JobStatus,
@@ -594,56 +621,65 @@ pub struct DueState {
 
 /// Status, due time and lease of the jobs named by received messages.
 pub async fn due_states(ex: impl PgExecutor<'_>, ids: &[Uuid]) -> sqlx::Result<Vec<DueState>> {
-    sqlx::query_as("SELECT id, status, available_at, lease_expires_at FROM jobs WHERE id = ANY($1)")
-        .bind(ids)
-        .fetch_all(ex)
-        .await
-}
-
-/// Whether any queued job is due now (its message should be receivable).
-pub async fn any_queued_due(ex: impl PgExecutor<'_>) -> sqlx::Result<bool> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM jobs WHERE status = 'queued' AND available_at <= now())")
-        .fetch_one(ex)
-        .await
-}
-
-/// Frees the slots of live jobs whose lease ran out: a running job becomes
-/// `timed_out`; a job stuck in `dispatching` (its replica died mid-submission)
-/// goes back to `queued` (its SQS message was never deleted) or, out of
-/// attempts, `failed`. Returns how many jobs went to each status.
-pub async fn reclaim_expired(ex: impl PgExecutor<'_>) -> sqlx::Result<Vec<(JobStatus, i64)>> {
-    sqlx::query_as(
-        "WITH expired AS ( \
-           SELECT id, status FROM jobs \
-           WHERE status IN ('dispatching', 'running') AND lease_expires_at < now() \
-           FOR UPDATE SKIP LOCKED), \
-         upd AS ( \
-           UPDATE jobs j SET \
-             status = CASE WHEN e.status = 'running' THEN 'timed_out'::job_status \
-                           WHEN j.attempts - j.busy_refusals >= j.max_attempts THEN 'failed'::job_status \
-                           ELSE 'queued'::job_status END, \
-             error = CASE WHEN e.status = 'running' THEN 'lease expired: no callback or heartbeat in time' \
-                          ELSE 'dispatch lease expired: no answer, callback or heartbeat for the submission' END, \
-             finished_at = CASE WHEN e.status = 'running' OR j.attempts - j.busy_refusals >= j.max_attempts \
-                                THEN now() END, \
-             lease_expires_at = NULL, \
-             available_at = now() \
-           FROM expired e WHERE j.id = e.id \
-           RETURNING j.id, e.status AS from_status, j.status, j.attempts), \
-         ev AS (INSERT INTO job_events (job_id, from_status, to_status, attempt, reason) \
-                SELECT id, from_status, status, attempts, \
-                       CASE WHEN from_status = 'running' THEN 'lease expired' ELSE 'dispatch lease expired' END \
-                FROM upd) \
-         SELECT status, count(*) FROM upd GROUP BY status",
+    sqlx::query_as!(
+        DueState,
+        r#"SELECT id, status AS "status: JobStatus", available_at, lease_expires_at FROM jobs WHERE id = ANY($1)"#,
+        ids
     )
     .fetch_all(ex)
     .await
 }
 
+/// Whether any queued job is due now (its message should be receivable).
+pub async fn any_queued_due(ex: impl PgExecutor<'_>) -> sqlx::Result<bool> {
+    sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM jobs WHERE status = 'queued' AND available_at <= now()) AS "due!""#
+    )
+    .fetch_one(ex)
+    .await
+}
+
+/// Frees the slots of live jobs whose lease ran out: a running job becomes
+/// `timed_out`; a `dispatching` one (its replica died mid-submission, or its
+/// submission's outcome stayed unknown) goes back to `queued` (its SQS message
+/// was never deleted) or, out of attempts, `failed`. Returns how many jobs
+/// went to each status.
+pub async fn reclaim_expired(ex: impl PgExecutor<'_>) -> sqlx::Result<Vec<(JobStatus, i64)>> {
+    let rows = sqlx::query!(
+        r#"WITH expired AS (
+             SELECT id, status FROM jobs
+             WHERE status = ANY(live_statuses()) AND lease_expires_at < now()
+             FOR UPDATE SKIP LOCKED),
+           upd AS (
+             UPDATE jobs j SET
+               status = CASE WHEN e.status = 'running' THEN 'timed_out'::job_status
+                             WHEN j.attempts - j.busy_refusals >= j.max_attempts THEN 'failed'::job_status
+                             ELSE 'queued'::job_status END,
+               error = CASE WHEN e.status = 'running' THEN $1 ELSE $2 END,
+               finished_at = CASE WHEN e.status = 'running' OR j.attempts - j.busy_refusals >= j.max_attempts
+                                  THEN now() END,
+               lease_expires_at = NULL,
+               available_at = now()
+             FROM expired e WHERE j.id = e.id
+             RETURNING j.id, e.status AS from_status, j.status, j.attempts),
+           ev AS (INSERT INTO job_events (job_id, from_status, to_status, attempt, reason)
+                  SELECT id, from_status, status, attempts,
+                         CASE WHEN from_status = 'running' THEN $3 ELSE $4 END
+                  FROM upd)
+           SELECT status AS "status!: JobStatus", count(*) AS "n!" FROM upd GROUP BY status"#,
+        reasons::LEASE_EXPIRED_ERROR,
+        reasons::DISPATCH_LEASE_EXPIRED_ERROR,
+        reasons::LEASE_EXPIRED,
+        reasons::DISPATCH_LEASE_EXPIRED,
+    )
+    .fetch_all(ex)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.status, r.n)).collect())
+}
+
 /// The database's clock minus `secs`: a fixed cut-off for one requeue run.
 pub async fn now_minus(ex: impl PgExecutor<'_>, secs: f64) -> sqlx::Result<DateTime<Utc>> {
-    sqlx::query_scalar("SELECT now() - make_interval(secs => $1)")
-        .bind(secs)
+    sqlx::query_scalar!(r#"SELECT now() - make_interval(secs => $1) AS "at!""#, secs)
         .fetch_one(ex)
         .await
 }
@@ -652,20 +688,18 @@ pub async fn now_minus(ex: impl PgExecutor<'_>, secs: f64) -> sqlx::Result<DateT
 /// first. A job whose message is re-sent moves past the cut-off, so a loop
 /// over this with a fixed cut-off ends.
 pub async fn stale_queued(ex: impl PgExecutor<'_>, sent_before: DateTime<Utc>, limit: i64) -> sqlx::Result<Vec<Uuid>> {
-    sqlx::query_scalar(
-        "SELECT id FROM jobs WHERE status = 'queued' AND enqueued_at < $1 \
-         ORDER BY enqueued_at, id LIMIT $2",
+    sqlx::query_scalar!(
+        "SELECT id FROM jobs WHERE status = 'queued' AND enqueued_at < $1 ORDER BY enqueued_at, id LIMIT $2",
+        sent_before,
+        limit
     )
-    .bind(sent_before)
-    .bind(limit)
     .fetch_all(ex)
     .await
 }
 
 /// Records that these jobs' messages were just sent.
 pub async fn mark_enqueued(ex: impl PgExecutor<'_>, ids: &[Uuid]) -> sqlx::Result<()> {
-    sqlx::query("UPDATE jobs SET enqueued_at = now() WHERE id = ANY($1)")
-        .bind(ids)
+    sqlx::query!("UPDATE jobs SET enqueued_at = now() WHERE id = ANY($1)", ids)
         .execute(ex)
         .await?;
     Ok(())
@@ -674,7 +708,19 @@ pub async fn mark_enqueued(ex: impl PgExecutor<'_>, ids: &[Uuid]) -> sqlx::Resul
 /// Jobs per status counted from the rows (for checks and tests; `counts` is
 /// the fast path).
 pub async fn count_rows(ex: impl PgExecutor<'_>) -> sqlx::Result<Vec<(JobStatus, i64)>> {
-    sqlx::query_as("SELECT status, count(*) FROM jobs GROUP BY status")
+    let rows = sqlx::query!(r#"SELECT status AS "status: JobStatus", count(*) AS "n!" FROM jobs GROUP BY status"#)
         .fetch_all(ex)
-        .await
+        .await?;
+    Ok(rows.into_iter().map(|r| (r.status, r.n)).collect())
+}
+
+/// The SQL side of the lifecycle's status sets, for the test that keeps the
+/// two in step.
+pub async fn status_sets(ex: impl PgExecutor<'_>) -> sqlx::Result<(Vec<JobStatus>, Vec<JobStatus>)> {
+    let r = sqlx::query!(
+        r#"SELECT live_statuses() AS "live!: Vec<JobStatus>", terminal_statuses() AS "terminal!: Vec<JobStatus>""#
+    )
+    .fetch_one(ex)
+    .await?;
+    Ok((r.live, r.terminal))
 }

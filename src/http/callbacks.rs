@@ -13,13 +13,14 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::{
-    auth::bearer,
     callback_token,
-    domain::{Job, JobStatus},
-    error::{ApiError, ApiResult, Problem},
+    domain::Job,
+    http::auth::bearer,
+    http::error::{ApiError, ApiResult, Problem},
     http::extract::ApiJson,
+    lifecycle::{AttemptRef, JobStatus, Transition},
     state::AppState,
-    store::{self, Transition},
+    store,
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -39,8 +40,7 @@ pub const CALLBACK_TOKEN_GRACE: chrono::TimeDelta = chrono::TimeDelta::hours(1);
 /// Anything else, an unknown job or a malformed id included, is 401: the
 /// answer never tells whether a job exists.
 pub struct CallbackCaller {
-    pub id: Uuid,
-    pub attempt: i32,
+    pub attempt: AttemptRef,
 }
 
 impl FromRequestParts<AppState> for CallbackCaller {
@@ -61,7 +61,7 @@ impl FromRequestParts<AppState> for CallbackCaller {
         let Some(job) = store::credential_state(&state.db, id).await? else {
             return Err(denied);
         };
-        if job.attempt < 1 || !callback_token::verify(&state.config.callback_secret, id, job.attempt, &token) {
+        if job.attempt.attempt < 1 || !callback_token::verify(&state.config.callback_secret, job.attempt, &token) {
             return Err(denied);
         }
         if job
@@ -70,10 +70,7 @@ impl FromRequestParts<AppState> for CallbackCaller {
         {
             return Err(denied);
         }
-        Ok(CallbackCaller {
-            id,
-            attempt: job.attempt,
-        })
+        Ok(CallbackCaller { attempt: job.attempt })
     }
 }
 
@@ -115,6 +112,7 @@ pub const MAX_ERROR_LEN: usize = 10_000;
         (status = 422, description = "Invalid body", body = Problem, content_type = "application/problem+json"),
     ),
     security(("callback_token" = [])))]
+#[tracing::instrument(name = "callback", skip_all, fields(job_id = %caller.attempt.job, attempt = caller.attempt.attempt))]
 pub async fn callback(
     State(state): State<AppState>,
     caller: CallbackCaller,
@@ -143,21 +141,16 @@ pub async fn callback(
         FinalStatus::Succeeded => JobStatus::Succeeded,
         FinalStatus::Failed => JobStatus::Failed,
     };
-    let from = [JobStatus::Dispatching, JobStatus::Running];
-    let mut t = Transition::new(&from, to, "callback");
-    t.attempt = Some(caller.attempt);
-    // The downstream ran it (a callback may come before the submission returns).
-    t.started = true;
-    t.error = body.error.as_deref();
-    t.result = body.result.as_deref();
-    if let Some(job) = store::transition(&state.db, caller.id, &t).await? {
-        metrics::counter!("sluicegate_jobs_finished_total", "status" => to.as_str()).increment(1);
+    let id = caller.attempt.job;
+    let t = Transition::callback(caller.attempt, to, body.result.as_deref(), body.error.as_deref());
+    if let Some(job) = store::transition(&state.db, id, &t).await? {
+        metrics::counter!(crate::metrics::JOBS_FINISHED, "status" => to.as_str()).increment(1);
         if state.config.refill_on_callback {
             state.refill.notify_one();
         }
         return Ok(Json(job));
     }
-    let job = store::get_job(&state.db, caller.id)
+    let job = store::get_job(&state.db, id)
         .await?
         .ok_or(ApiError::Unauthorized { invalid_token: true })?;
     if job.status == to {
@@ -183,13 +176,14 @@ pub async fn callback(
         (status = 409, description = "The job is not dispatching or running", body = Problem, content_type = "application/problem+json"),
     ),
     security(("callback_token" = [])))]
+#[tracing::instrument(name = "heartbeat", skip_all, fields(job_id = %caller.attempt.job, attempt = caller.attempt.attempt))]
 pub async fn heartbeat(State(state): State<AppState>, caller: CallbackCaller) -> ApiResult<Json<Job>> {
-    if let Some(job) = store::heartbeat(&state.db, caller.id, caller.attempt).await? {
+    if let Some(job) = store::heartbeat(&state.db, caller.attempt).await? {
         return Ok(Json(job));
     }
-    let status = store::attempt_of(&state.db, caller.id)
+    let status = store::status_of(&state.db, caller.attempt.job)
         .await?
-        .map_or("gone", |(_, s)| s.as_str());
+        .map_or("gone", JobStatus::as_str);
     Err(ApiError::Conflict(format!(
         "the job is {status}; only a dispatching or running job has a lease"
     )))

@@ -8,6 +8,7 @@ use std::{
 };
 
 use axum::{
+    Extension,
     body::Bytes,
     extract::Path,
     http::{HeaderValue, StatusCode, header},
@@ -16,7 +17,12 @@ use axum::{
 };
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::{error::ApiError, state::AppState};
+use crate::{http::error::ApiError, state::AppState};
+
+/// The OpenAPI document's JSON, handed to [`openapi_json`] by the router
+/// that is built from the same list of routes (`http::router`).
+#[derive(Clone, Copy)]
+pub struct OpenApiJson(pub &'static str);
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -37,12 +43,8 @@ async fn docs_slash() -> Redirect {
 /// The OpenAPI document
 #[utoipa::path(get, path = "/openapi.json", tag = "operations", operation_id = "getOpenApi",
     responses((status = 200, description = "This API's OpenAPI 3.1 document", body = Object, content_type = "application/json")))]
-pub async fn openapi_json() -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        crate::http::openapi_json().as_str(),
-    )
-        .into_response()
+pub async fn openapi_json(Extension(doc): Extension<OpenApiJson>) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], doc.0).into_response()
 }
 
 const DOCS_PAGE: &str = r##"<!doctype html>
@@ -144,7 +146,7 @@ enum DocsAsset {
             (String = "text/javascript"),
             (String = "image/png"),
         )),
-        (status = 404, description = "No such asset", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such asset", body = crate::http::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn docs_asset(Path(file): Path<String>) -> Response {
     match ASSETS.iter().find(|a| a.name == file) {

@@ -4,11 +4,12 @@ use axum::{
     Json,
     extract::{Request, State},
 };
+use tracing::Instrument;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
     drain::{self, DrainReport},
-    error::{ApiError, ApiResult},
+    http::error::{ApiError, ApiResult},
     http::extract::body_bytes,
     state::AppState,
 };
@@ -39,7 +40,11 @@ pub async fn drain_queue(State(state): State<AppState>, req: Request) -> ApiResu
     // drain is not cancelled half-way (it finishes what it started).
     let task = {
         let state = state.clone();
-        state.tasks.clone().spawn(async move { drain::drain(&state).await })
+        // In the request's span, so that the drain's log lines keep its request id.
+        state
+            .tasks
+            .clone()
+            .spawn(async move { drain::drain(&state).await }.in_current_span())
     };
     match tokio::time::timeout(limit, task).await {
         Ok(Ok(Ok(report))) => Ok(Json(report)),

@@ -8,7 +8,7 @@ use axum::{
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 /// A JSON body: `Content-Type: application/json` (or `+json`) required,
 /// syntax errors -> 400, type errors and unknown fields -> 422, too large -> 413.

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::{error::ApiError, state::AppState};
+use crate::{http::error::ApiError, state::AppState};
 
 /// Liveness and Prometheus metrics: never shed under load.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -42,12 +42,12 @@ pub async fn healthz() -> Json<Health> {
 #[utoipa::path(get, path = "/readyz", tag = "operations", operation_id = "getReadiness",
     responses(
         (status = 200, description = "Ready", body = Health),
-        (status = 503, description = "A dependency is down (named in `detail`)", body = crate::error::Problem, content_type = "application/problem+json",
+        (status = 503, description = "A dependency is down (named in `detail`)", body = crate::http::error::Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u32, description = "Seconds to wait before asking again"))),
     ))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     let timeout = Duration::from_secs(2);
-    let pg = tokio::time::timeout(timeout, sqlx::query("SELECT 1").execute(&state.db));
+    let pg = tokio::time::timeout(timeout, crate::store::ping(&state.db));
     let sqs = tokio::time::timeout(timeout, state.queue.depth());
     let (pg, sqs) = tokio::join!(pg, sqs);
     let mut down = Vec::new();

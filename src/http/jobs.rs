@@ -1,11 +1,6 @@
 //! Client endpoints for jobs: submit (one or a batch), read, list, history,
-//! cancel.
-//!
-//! Enqueueing is crash-safe without an outbox: the job rows are inserted in a
-//! transaction, the SQS messages are sent while it is open, jobs whose message
-//! failed are deleted in that same transaction, and only then is it committed.
-//! So a committed job always has a message; a message whose commit failed
-//! names a job that never existed, and the drain drops it (ARCHITECTURE.md).
+//! cancel. Submitting is the `enqueue` engine's work; this module turns its
+//! results into answers.
 
 use axum::{
     Json,
@@ -23,10 +18,12 @@ use uuid::Uuid;
 
 use crate::{
     domain::{IdempotencyKey, Job, JobEvent, JobSpec, JobStatus},
-    error::{ApiError, ApiResult, Problem},
+    enqueue::{self, EnqueueError, Submit, Submitted},
+    http::error::{ApiError, ApiResult, Problem},
     http::extract::{ApiJson, JobId, StrictQuery, parse_json},
+    lifecycle::Transition,
     state::AppState,
-    store::{self, Inserted, Transition},
+    store,
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -123,131 +120,63 @@ pub struct JobEvents {
     pub items: Vec<JobEvent>,
 }
 
-struct Pending {
-    spec: JobSpec,
-    key: Option<IdempotencyKey>,
-}
-
 /// The answer when COMMIT was sent but not confirmed: the jobs may be stored
 /// (and queued) or not. Only an idempotent retry is safe.
 pub const UNKNOWN_OUTCOME: &str = "the database did not confirm storing the job, so it may or may not have \
     been stored and queued; retry with the same Idempotency-Key (a stored job is then returned with 200, \
     not created twice). A retry without one may create a second job.";
 
-/// Stores and queues jobs. Returns, per input, the job and whether it is new
-/// (202) or an idempotent repeat (200), or the item's error.
-///
-/// Everything up to the COMMIT must happen within `ENQUEUE_TIMEOUT_SECS`;
-/// past it the transaction is rolled back (and Postgres ends a session that
-/// sits in the transaction longer), so a job is never committed later than
-/// that after its message was sent. `ORPHAN_MESSAGE_GRACE_SECS` is checked
-/// against it at start-up (ARCHITECTURE.md, invariant 2).
-async fn enqueue(
+impl From<EnqueueError> for ApiError {
+    fn from(e: EnqueueError) -> Self {
+        match e {
+            EnqueueError::Database(e) => e.into(),
+            EnqueueError::TimedOut => ApiError::Unavailable {
+                detail: "storing and queueing the job took too long (ENQUEUE_TIMEOUT_SECS); nothing was stored, \
+                         retry later"
+                    .into(),
+                retry_after_secs: 5,
+                cause: None,
+            },
+            EnqueueError::OutcomeUnknown(e) => ApiError::unavailable(UNKNOWN_OUTCOME, e),
+        }
+    }
+}
+
+/// Submits the valid items (`Err` items are passed through) and gives each
+/// its answer: the job with 202 (new) or 200 (idempotent repeat), or a problem.
+async fn submit(
     state: &AppState,
-    items: Vec<Result<Pending, ApiError>>,
+    items: Vec<Result<Submit, ApiError>>,
 ) -> ApiResult<Vec<Result<(StatusCode, Job), ApiError>>> {
-    let _slot = state
-        .enqueue_slots
-        .acquire()
-        .await
-        .expect("the semaphore is never closed");
-    let deadline = state.config.enqueue_timeout();
-    let staged = tokio::time::timeout(deadline, stage(state, items, deadline))
-        .await
-        .map_err(|_| ApiError::Unavailable {
-            detail: "storing and queueing the job took too long (ENQUEUE_TIMEOUT_SECS); nothing was stored, \
-                     retry later"
-                .into(),
-            retry_after_secs: 5,
-            cause: None,
-        })??;
-    let Staged { tx, results, failed } = staged;
-    tx.commit()
-        .await
-        .map_err(|e| ApiError::unavailable(UNKNOWN_OUTCOME, e))?;
-    let queued = results
-        .iter()
-        .filter(|r| matches!(r, Ok((StatusCode::ACCEPTED, job)) if !failed.contains(&job.id)))
-        .count();
-    metrics::counter!("sluicegate_jobs_enqueued_total").increment(queued as u64);
-    Ok(results
+    let valid: Vec<Submit> = Vec::with_capacity(items.len());
+    let (valid, mut answers) = items
         .into_iter()
-        .map(|r| match r {
-            Ok((_, job)) if failed.contains(&job.id) => Err(ApiError::Unavailable {
+        .fold((valid, Vec::new()), |(mut valid, mut answers), item| {
+            match item {
+                Ok(s) => {
+                    valid.push(s);
+                    answers.push(None);
+                }
+                Err(e) => answers.push(Some(Err(e))),
+            }
+            (valid, answers)
+        });
+    let mut results = enqueue::enqueue(state, &valid).await?.into_iter();
+    for answer in answers.iter_mut().filter(|a| a.is_none()) {
+        *answer = Some(match results.next().expect("one result per valid item") {
+            Submitted::New(job) => Ok((StatusCode::ACCEPTED, job)),
+            Submitted::Repeat(job) => Ok((StatusCode::OK, job)),
+            Submitted::KeyReused => Err(ApiError::IdempotencyKeyReused(
+                "this Idempotency-Key was already used with a different request body".into(),
+            )),
+            Submitted::NotQueued => Err(ApiError::Unavailable {
                 detail: "the queue is unavailable; the job was not accepted, retry later".into(),
                 retry_after_secs: 5,
                 cause: None,
             }),
-            other => other,
-        })
-        .collect())
-}
-
-/// An enqueue ready to commit: its open transaction, the result per input,
-/// and the new jobs whose message could not be sent (deleted in `tx`).
-struct Staged {
-    tx: sqlx::Transaction<'static, sqlx::Postgres>,
-    results: Vec<Result<(StatusCode, Job), ApiError>>,
-    failed: Vec<Uuid>,
-}
-
-/// Inserts the jobs, sends their messages while the transaction is open, and
-/// deletes (in it) the jobs whose message failed.
-async fn stage(
-    state: &AppState,
-    items: Vec<Result<Pending, ApiError>>,
-    deadline: std::time::Duration,
-) -> ApiResult<Staged> {
-    let c = &state.config;
-    let mut tx = state.db.begin().await?;
-    // A session left in this transaction (a stalled process) is ended by
-    // Postgres: the transaction can then never commit late.
-    sqlx::query(&format!(
-        "SET LOCAL idle_in_transaction_session_timeout = {}",
-        deadline.as_millis()
-    ))
-    .execute(&mut *tx)
-    .await?;
-    let new: Vec<store::NewJob> = items
-        .iter()
-        .filter_map(|item| item.as_ref().ok())
-        .map(|p| store::NewJob {
-            id: Uuid::now_v7(),
-            spec: &p.spec,
-            key: p.key.as_ref(),
-        })
-        .collect();
-    let mut inserted = store::insert_jobs(&mut tx, &new, c.job_timeout_secs, c.max_attempts)
-        .await?
-        .into_iter();
-    let mut new_ids = Vec::new();
-    let mut results = Vec::with_capacity(items.len());
-    for item in items {
-        if let Err(e) = item {
-            results.push(Err(e));
-            continue;
-        }
-        results.push(match inserted.next().expect("one result per valid item") {
-            Inserted::New(job) => {
-                new_ids.push(job.id);
-                Ok((StatusCode::ACCEPTED, job))
-            }
-            Inserted::Existing {
-                job,
-                same_request: true,
-            } => Ok((StatusCode::OK, job)),
-            Inserted::Existing {
-                same_request: false, ..
-            } => Err(ApiError::IdempotencyKeyReused(
-                "this Idempotency-Key was already used with a different request body".into(),
-            )),
         });
     }
-    let failed = state.queue.send_job_ids(&new_ids).await;
-    if !failed.is_empty() {
-        store::delete_jobs(&mut tx, &failed).await?;
-    }
-    Ok(Staged { tx, results, failed })
+    Ok(answers.into_iter().map(|a| a.expect("every item answered")).collect())
 }
 
 fn idempotency_header(headers: &HeaderMap) -> ApiResult<Option<IdempotencyKey>> {
@@ -290,12 +219,12 @@ pub async fn submit_job(
 ) -> ApiResult<Response> {
     let key = idempotency_header(&headers)?;
     let spec = JobSpec::new(body.payload, body.timeout_secs, body.max_attempts).map_err(ApiError::Validation)?;
-    let mut results = enqueue(&state, vec![Ok(Pending { spec, key })]).await?;
+    let mut results = submit(&state, vec![Ok(Submit { spec, key })]).await?;
     let (status, job) = results.pop().expect("one result per item")?;
     Ok(job_response(status, job))
 }
 
-fn parse_batch_item(raw: &RawValue) -> Result<Pending, ApiError> {
+fn parse_batch_item(raw: &RawValue) -> Result<Submit, ApiError> {
     let item: BatchJob = parse_json(raw.get().as_bytes())?;
     let key = item
         .idempotency_key
@@ -304,7 +233,7 @@ fn parse_batch_item(raw: &RawValue) -> Result<Pending, ApiError> {
         .transpose()
         .map_err(ApiError::Validation)?;
     let spec = JobSpec::new(item.payload, item.timeout_secs, item.max_attempts).map_err(ApiError::Validation)?;
-    Ok(Pending { spec, key })
+    Ok(Submit { spec, key })
 }
 
 /// Submit up to 500 jobs
@@ -329,7 +258,7 @@ pub async fn submit_batch(
         )));
     }
     let items = body.jobs.iter().map(|raw| parse_batch_item(raw)).collect();
-    let results = enqueue(&state, items).await?;
+    let results = submit(&state, items).await?;
     let items = results
         .into_iter()
         .map(|r| match r {
@@ -479,9 +408,8 @@ pub async fn job_events(State(state): State<AppState>, JobId(id): JobId) -> ApiR
     ),
     security(("api_token" = [])))]
 pub async fn cancel_job(State(state): State<AppState>, JobId(id): JobId) -> ApiResult<Json<Job>> {
-    let t = Transition::new(&[JobStatus::Queued], JobStatus::Cancelled, "cancelled by client");
-    if let Some(job) = store::transition(&state.db, id, &t).await? {
-        metrics::counter!("sluicegate_jobs_finished_total", "status" => "cancelled").increment(1);
+    if let Some(job) = store::transition(&state.db, id, &Transition::cancelled()).await? {
+        metrics::counter!(crate::metrics::JOBS_FINISHED, "status" => "cancelled").increment(1);
         return Ok(Json(job));
     }
     match store::get_job(&state.db, id).await? {

@@ -7,7 +7,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
     domain::JobStatus,
-    error::{ApiError, ApiResult},
+    http::error::{ApiError, ApiResult},
     http::extract::ApiJson,
     state::AppState,
     store,
@@ -50,7 +50,7 @@ pub async fn get_limits(State(state): State<AppState>) -> ApiResult<Json<Limits>
     request_body = Limits,
     responses(
         (status = 200, description = "The new limit", body = Limits),
-        (status = 422, description = "Out of range", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Out of range", body = crate::http::error::Problem, content_type = "application/problem+json"),
     ),
     security(("api_token" = [])))]
 pub async fn put_limits(State(state): State<AppState>, ApiJson(body): ApiJson<Limits>) -> ApiResult<Json<Limits>> {
@@ -60,7 +60,7 @@ pub async fn put_limits(State(state): State<AppState>, ApiJson(body): ApiJson<Li
         )));
     }
     let limit = store::set_limit(&state.db, body.max_concurrency as i32).await?;
-    metrics::gauge!("sluicegate_limit").set(f64::from(limit));
+    metrics::gauge!(crate::metrics::LIMIT).set(f64::from(limit));
     tracing::info!(max_concurrency = limit, "limit changed");
     if state.config.refill_on_callback {
         // A raised limit leaves free slots: fill them now rather than at the next tick.

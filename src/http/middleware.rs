@@ -17,12 +17,12 @@ use tower_http::{
 };
 use tracing::Level;
 
-use crate::error::{ApiError, Problem, problem_response};
+use crate::http::error::{ApiError, Problem, problem_response};
 
 /// The answer to a request shed by the in-flight cap: an immediate 503 with
 /// `Retry-After`, instead of an unbounded queue in front of Postgres.
 pub async fn overloaded(_: BoxError) -> ApiError {
-    metrics::counter!("sluicegate_http_requests_shed_total").increment(1);
+    metrics::counter!(crate::metrics::HTTP_SHED).increment(1);
     ApiError::Unavailable {
         detail: "too many requests in flight; retry shortly".into(),
         retry_after_secs: 1,
@@ -105,8 +105,8 @@ pub async fn record_metrics(req: Request, next: Next) -> Response {
         ("route", route),
         ("status", response.status().as_u16().to_string()),
     ];
-    metrics::counter!("sluicegate_http_requests_total", &labels).increment(1);
-    metrics::histogram!("sluicegate_http_request_duration_seconds", &labels).record(started.elapsed().as_secs_f64());
+    metrics::counter!(crate::metrics::HTTP_REQUESTS, &labels).increment(1);
+    metrics::histogram!(crate::metrics::HTTP_DURATION, &labels).record(started.elapsed().as_secs_f64());
     response
 }
 

@@ -2,9 +2,11 @@
 //! here with the middleware stack. Routes are registered through utoipa-axum,
 //! so the OpenAPI document cannot forget one.
 
+pub mod auth;
 pub mod callbacks;
 pub mod docs;
 pub mod drain;
+pub mod error;
 pub mod extract;
 pub mod health;
 pub mod jobs;
@@ -13,7 +15,7 @@ mod middleware;
 
 use std::{sync::LazyLock, time::Duration};
 
-use axum::{Router, error_handling::HandleErrorLayer, extract::DefaultBodyLimit};
+use axum::{Extension, Router, error_handling::HandleErrorLayer, extract::DefaultBodyLimit};
 use tower::ServiceBuilder;
 use tower_http::{
     catch_panic::CatchPanicLayer,
@@ -30,7 +32,7 @@ use utoipa::{
 };
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::{error::Problem, state::AppState};
+use crate::{http::error::Problem, state::AppState};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -206,16 +208,43 @@ impl Modify for CommonErrors {
     }
 }
 
+/// Who may call a group of routes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// A client token (`API_TOKENS`).
+    Client,
+    /// The drain token (`DRAIN_TOKEN`).
+    Scheduler,
+    /// The callback token of the job's current attempt (checked by the
+    /// handlers' `CallbackCaller` extractor).
+    Downstream,
+    /// Anyone; behind the in-flight cap.
+    Open,
+    /// Anyone; never shed (liveness and metrics).
+    Liveness,
+}
+
+/// Every route, with who may call it: the one list that both the OpenAPI
+/// document and the router are built from.
+fn resources() -> [(Access, OpenApiRouter<AppState>); 7] {
+    [
+        (Access::Client, jobs::router()),
+        (Access::Client, limits::router()),
+        (Access::Scheduler, drain::router()),
+        (Access::Downstream, callbacks::router()),
+        (Access::Open, health::readiness_router()),
+        (Access::Open, docs::router()),
+        (Access::Liveness, health::router()),
+    ]
+}
+
 /// All routes with their OpenAPI description (no state yet).
 fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .merge(jobs::router())
-        .merge(callbacks::router())
-        .merge(drain::router())
-        .merge(limits::router())
-        .merge(health::router())
-        .merge(health::readiness_router())
-        .merge(docs::router())
+    resources()
+        .into_iter()
+        .fold(OpenApiRouter::with_openapi(ApiDoc::openapi()), |all, (_, r)| {
+            all.merge(r)
+        })
 }
 
 /// The OpenAPI document of the API.
@@ -239,36 +268,39 @@ pub fn openapi_json() -> &'static String {
 /// The application's router with its middleware.
 pub fn router(state: AppState) -> Router {
     let c = &state.config;
-    let client = OpenApiRouter::new()
-        .merge(jobs::router())
-        .merge(limits::router())
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            crate::auth::require_api_token,
-        ));
-    let scheduler = drain::router().route_layer(axum::middleware::from_fn_with_state(
-        state.clone(),
-        crate::auth::require_drain_token,
-    ));
     // Everything but liveness and metrics is behind one in-flight cap for the
     // whole router (a layer on a Router would give each route its own cap).
-    let (capped, _) = OpenApiRouter::new()
-        .merge(client)
-        .merge(scheduler)
-        .merge(callbacks::router())
-        .merge(health::readiness_router())
-        .merge(docs::router())
-        .split_for_parts();
+    let (mut capped, mut open) = (OpenApiRouter::new(), OpenApiRouter::new());
+    for (access, routes) in resources() {
+        match access {
+            Access::Client => {
+                capped = capped.merge(routes.route_layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    auth::require_api_token,
+                )))
+            }
+            Access::Scheduler => {
+                capped = capped.merge(routes.route_layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    auth::require_drain_token,
+                )))
+            }
+            Access::Downstream | Access::Open => capped = capped.merge(routes),
+            Access::Liveness => open = open.merge(routes),
+        }
+    }
+    let (capped, _) = capped.split_for_parts();
     let capped = capped
         .fallback(middleware::not_found)
         .layer(axum::middleware::from_fn(middleware::record_metrics))
+        .layer(Extension(docs::OpenApiJson(openapi_json().as_str())))
         .with_state(state.clone());
     let capped = ServiceBuilder::new()
         .layer(HandleErrorLayer::new(middleware::overloaded))
         .load_shed()
         .concurrency_limit(c.max_in_flight_requests as usize)
         .service(capped);
-    let (open, _) = health::router().split_for_parts();
+    let (open, _) = open.split_for_parts();
     let app = open
         .layer(axum::middleware::from_fn(middleware::record_metrics))
         .fallback_service(capped);

@@ -13,6 +13,7 @@ mod healthcheck;
 mod hostile;
 mod jobs;
 mod leases;
+mod lifecycle;
 mod limits;
 mod metrics;
 mod openapi;

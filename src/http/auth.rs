@@ -12,7 +12,7 @@ use axum::{
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::{config::SecretList, error::ApiError, state::AppState};
+use crate::{config::SecretList, http::error::ApiError, state::AppState};
 
 /// The bearer token of a request, if it has a well-formed one.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
