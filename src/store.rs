@@ -36,6 +36,24 @@ struct JobRow {
     error: Option<String>,
 }
 
+/// A [`JobRow`] from a `query!` record that selects the job columns (and
+/// perhaps more).
+macro_rules! job_row {
+    ($r:expr) => {
+        JobRow {
+            id: $r.id,
+            status: $r.status,
+            payload: $r.payload,
+            attempts: $r.attempts,
+            created_at: $r.created_at,
+            started_at: $r.started_at,
+            finished_at: $r.finished_at,
+            result: $r.result,
+            error: $r.error,
+        }
+    };
+}
+
 impl From<JobRow> for Job {
     fn from(r: JobRow) -> Self {
         // The columns are of type json: Postgres has already validated them.
@@ -222,18 +240,8 @@ pub async fn insert_jobs(
         .fetch_all(&mut **tx)
         .await?;
         for r in rows {
-            let job = JobRow {
-                id: r.id,
-                status: r.status,
-                payload: r.payload,
-                attempts: r.attempts,
-                created_at: r.created_at,
-                started_at: r.started_at,
-                finished_at: r.finished_at,
-                result: r.result,
-                error: r.error,
-            };
-            holders.insert(r.idempotency_key, (job.into(), r.request_hash));
+            let job = job_row!(r).into();
+            holders.insert(r.idempotency_key, (job, r.request_hash));
         }
     }
     let mut out = Vec::with_capacity(jobs.len());
@@ -345,22 +353,7 @@ pub async fn list_jobs(
     .fetch_all(ex)
     .await?;
     let more = rows.first().is_some_and(|r| r.more);
-    let jobs = rows
-        .into_iter()
-        .map(|r| {
-            Job::from(JobRow {
-                id: r.id,
-                status: r.status,
-                payload: r.payload,
-                attempts: r.attempts,
-                created_at: r.created_at,
-                started_at: r.started_at,
-                finished_at: r.finished_at,
-                result: r.result,
-                error: r.error,
-            })
-        })
-        .collect();
+    let jobs = rows.into_iter().map(|r| Job::from(job_row!(r))).collect();
     Ok(JobsPage { jobs, more })
 }
 
