@@ -95,7 +95,22 @@ fn describe() {
         "sluicegate_http_requests_shed_total",
         "Requests refused because too many were in flight"
     );
-    for name in ["sluicegate_jobs_enqueued_total", "sluicegate_jobs_dispatched_total"] {
+    describe_counter!(
+        "sluicegate_http_connections_refused_total",
+        "Connections closed at once because MAX_CONNECTIONS were open"
+    );
+    // Every counter without labels is shown from the start, at 0, so that
+    // dashboards and alerts see 0 rather than nothing until the first event.
+    // Labelled ones (finished{status}, sqs_requests{operation},
+    // messages_resent{reason}, http_requests{method,route,status}) appear
+    // with their first event.
+    for name in [
+        "sluicegate_jobs_enqueued_total",
+        "sluicegate_jobs_dispatched_total",
+        "sluicegate_http_requests_shed_total",
+        "sluicegate_http_connections_refused_total",
+        RETRY_AFTER_CAPPED,
+    ] {
         metrics::counter!(name).increment(0);
     }
 }
