@@ -84,7 +84,8 @@ pg_ensure() {
     [ -d "$leftover" ] || continue
     pid=${leftover##*.}
     [[ "$pid" =~ ^[0-9]+$ ]] || continue
-    kill -0 "$pid" 2>/dev/null && continue
+    # Its run is still going (a zombie has no command line: it is gone).
+    tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q . && continue
     pg_ctl_ -D "$leftover" -m immediate -w stop >/dev/null 2>&1 || true
     rm -rf "$leftover" "$leftover.log"
   done
