@@ -1,13 +1,15 @@
 //! A demo downstream for trying sluicegate out: it accepts submissions up to
 //! its own capacity (503 + Retry-After beyond it), works on each job for a
 //! random time, sends heartbeats for long jobs, and calls back `succeeded`
-//! or, now and then, `failed`. `GET /` shows how many jobs it holds.
+//! or, now and then, `failed`. `GET /` shows what it is doing: the jobs it
+//! holds against its capacity, and how many it accepted, refused as full,
+//! and finished (succeeded or failed) since it started.
 
 use std::{
     net::SocketAddr,
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -46,7 +48,17 @@ pub struct DemoArgs {
 struct Demo {
     args: DemoArgs,
     held: Arc<AtomicUsize>,
+    counts: Arc<Counts>,
     http: reqwest::Client,
+}
+
+/// Totals since start, for `GET /`.
+#[derive(Default)]
+struct Counts {
+    accepted: AtomicU64,
+    refused_full: AtomicU64,
+    succeeded: AtomicU64,
+    failed: AtomicU64,
 }
 
 #[derive(Deserialize)]
@@ -64,6 +76,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let demo = Demo {
         args,
         held: Arc::new(AtomicUsize::new(0)),
+        counts: Arc::new(Counts::default()),
         http: reqwest::Client::new(),
     };
     let app = Router::new().route("/", post(submit).get(status)).with_state(demo);
@@ -72,16 +85,28 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 }
 
 async fn status(State(demo): State<Demo>) -> Json<serde_json::Value> {
-    Json(json!({"held": demo.held.load(Ordering::SeqCst), "capacity": demo.args.capacity}))
+    let c = &demo.counts;
+    Json(json!({
+        "held": demo.held.load(Ordering::SeqCst),
+        "capacity": demo.args.capacity,
+        "accepted": c.accepted.load(Ordering::SeqCst),
+        "refused_full": c.refused_full.load(Ordering::SeqCst),
+        "succeeded": c.succeeded.load(Ordering::SeqCst),
+        "failed": c.failed.load(Ordering::SeqCst),
+        "job_ms": [demo.args.min_ms, demo.args.max_ms.max(demo.args.min_ms)],
+        "failure_rate": demo.args.failure_rate,
+    }))
 }
 
 async fn submit(State(demo): State<Demo>, Json(s): Json<Submission>) -> Response {
     let held = demo.held.fetch_add(1, Ordering::SeqCst);
     if held >= demo.args.capacity {
         demo.held.fetch_sub(1, Ordering::SeqCst);
+        demo.counts.refused_full.fetch_add(1, Ordering::SeqCst);
         tracing::info!(job_id = %s.job_id, "full: 503");
         return (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "1")], "full").into_response();
     }
+    demo.counts.accepted.fetch_add(1, Ordering::SeqCst);
     tracing::info!(job_id = %s.job_id, attempt = s.attempt, held = held + 1, "accepted");
     tokio::spawn(work(demo, s));
     (StatusCode::ACCEPTED, Json(json!({"accepted": true}))).into_response()
@@ -115,6 +140,12 @@ async fn work(demo: Demo, s: Submission) {
         json!({"status": "succeeded", "result": {"worked_ms": ms}})
     };
     demo.held.fetch_sub(1, Ordering::SeqCst);
+    let done = if fail {
+        &demo.counts.failed
+    } else {
+        &demo.counts.succeeded
+    };
+    done.fetch_add(1, Ordering::SeqCst);
     match demo
         .http
         .post(&s.callback_url)

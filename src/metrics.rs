@@ -94,7 +94,18 @@ fn describe() {
         HTTP_CONNECTIONS_REFUSED,
         "Connections closed at once because MAX_CONNECTIONS were open"
     );
-    for name in [JOBS_ENQUEUED, JOBS_DISPATCHED] {
+    // Every counter without labels is shown from the start, at 0, so that
+    // dashboards and alerts see 0 rather than nothing until the first event.
+    // Labelled ones (finished{status}, sqs_requests{operation},
+    // messages_resent{reason}, http_requests{method,route,status}) appear
+    // with their first event.
+    for name in [
+        JOBS_ENQUEUED,
+        JOBS_DISPATCHED,
+        HTTP_SHED,
+        HTTP_CONNECTIONS_REFUSED,
+        RETRY_AFTER_CAPPED,
+    ] {
         metrics::counter!(name).increment(0);
     }
 }

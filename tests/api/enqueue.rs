@@ -209,7 +209,7 @@ async fn sqs_down_during_submit_gives_503_and_stores_nothing() {
 
 #[tokio::test]
 async fn postgres_down_during_submit_gives_503_and_queues_nothing_that_could_run() {
-    let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let proxy = Proxy::start(postgres_addr()).await;
     let app = app().db_port(proxy.addr.port()).spawn().await;
     proxy.set_down(true).await;
     let r = app.post_job(json!({"payload": 1})).await;
@@ -244,7 +244,7 @@ async fn commit_answer_cutter() -> (std::net::SocketAddr, std::sync::Arc<std::sy
         while let Ok((client, _)) = listener.accept().await {
             let armed = a.clone();
             tokio::spawn(async move {
-                let Ok(server) = tokio::net::TcpStream::connect("127.0.0.1:5432").await else {
+                let Ok(server) = tokio::net::TcpStream::connect(postgres_addr()).await else {
                     return;
                 };
                 let (mut cr, mut cw) = client.into_split();

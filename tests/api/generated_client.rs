@@ -10,7 +10,7 @@ use tokio::process::Command;
 use crate::helpers::*;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-const INSTALL_HINT: &str = "openapi-python-client is not installed for python3: run scripts/install-tools";
+const INSTALL_HINT: &str = "openapi-python-client is not installed for python3: run the tests with scripts/test (it installs the tool into .venv and puts .venv/bin first on PATH)";
 
 fn report(what: &str, out: &Output) -> String {
     format!(

@@ -33,7 +33,7 @@ async fn readiness_names_sqs_when_it_is_down() {
 
 #[tokio::test]
 async fn readiness_names_postgres_when_it_is_down() {
-    let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let proxy = Proxy::start(postgres_addr()).await;
     let app = app().db_port(proxy.addr.port()).spawn().await;
     assert_eq!(app.http.get(app.url("/readyz")).send().await.unwrap().status(), 200);
     proxy.set_down(true).await;

@@ -33,6 +33,20 @@ fn admin_url() -> String {
     std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
+/// Where the test Postgres listens (the host and port of TEST_DATABASE_URL:
+/// scripts/test may have started one of its own on another port), for the
+/// proxies that cut it off.
+pub fn postgres_addr() -> SocketAddr {
+    use std::net::ToSocketAddrs;
+    let url = reqwest::Url::parse(&admin_url()).expect("TEST_DATABASE_URL is a URL");
+    let host = url.host_str().unwrap_or("127.0.0.1").trim_matches(['[', ']']);
+    (host, url.port().unwrap_or(5432))
+        .to_socket_addrs()
+        .expect("the host of TEST_DATABASE_URL resolves")
+        .next()
+        .expect("the host of TEST_DATABASE_URL has an address")
+}
+
 pub fn sqs_endpoint() -> String {
     std::env::var("SLUICEGATE_TEST_SQS_ENDPOINT")
         .expect("SLUICEGATE_TEST_SQS_ENDPOINT is not set: run the tests with scripts/test")

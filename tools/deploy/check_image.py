@@ -117,7 +117,7 @@ def build_stage_is_offline_for_sqlx_and_copies_only_what_the_context_has():
                 continue
             assert (ROOT / src).exists(), f"COPY {src}: no such file in the repository"
             assert dockerfile.in_context(ROOT, src, ignore), f"COPY {src}: excluded by .dockerignore"
-    for leaked in ("target/debug/sluicegate", ".git/HEAD", ".venv/bin/python", ".run/dev.env", "tools/requirements.txt"):
+    for leaked in ("target/debug/sluicegate", ".git/HEAD", ".venv/bin/python", ".run/dev.env", "tools/requirements/test.txt"):
         assert not dockerfile.in_context(ROOT, leaked, ignore), f"{leaked} would be sent to the builder"
 
 
