@@ -23,7 +23,11 @@ pub use crate::lifecycle::JobStatus;
     "started_at": "2026-01-15T10:00:02Z",
     "finished_at": "2026-01-15T10:04:40Z",
     "result": {"frames": 1200},
-    "error": null
+    "error": null,
+    "key": "default",
+    "priority": 0,
+    "waiting_on": null,
+    "not_before": null
 }))]
 pub struct Job {
     /// The job's id (a UUIDv7: ids sort by creation time).
@@ -53,6 +57,40 @@ pub struct Job {
     /// out, or the downstream's own report; null if there was none.
     #[schema(required = true)]
     pub error: Option<String>,
+    /// The flow-control key (a tenant, a model, ...): `default` unless given.
+    pub key: String,
+    /// Seconds the job is ordered ahead of its submission time, within its key.
+    #[schema(minimum = -3600, maximum = 3600)]
+    pub priority: i32,
+    /// While `queued`: why it has not been dispatched yet. Null otherwise.
+    #[schema(required = true)]
+    pub waiting_on: Option<WaitingOn>,
+    /// While `queued`: the earliest time it can go, where known. Null otherwise.
+    #[schema(required = true)]
+    pub not_before: Option<DateTime<Utc>>,
+    /// Earliest next dispatch (back-off, Retry-After); internal.
+    #[serde(skip)]
+    pub available_at: DateTime<Utc>,
+}
+
+/// Why a queued job has not been dispatched yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WaitingOn {
+    /// Nothing stops it: it waits its turn.
+    Queue,
+    /// The global limit is reached.
+    GlobalLimit,
+    /// Its key's cap is reached (or the key is paused with cap 0).
+    KeyLimit,
+    /// A rate limit holds it back.
+    RateLimit,
+    /// The downstream's `Retry-After` is in force.
+    DownstreamBusy,
+    /// It waits out the back-off after a failed attempt.
+    RetryBackoff,
+    /// The limit is 0: dispatching is paused.
+    Paused,
 }
 
 /// One state change of a job.
@@ -75,16 +113,68 @@ pub struct JobEvent {
     pub reason: String,
 }
 
+/// A flow-control key: 1 to 128 visible ASCII characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct JobKey(String);
+
+pub const MAX_KEY_LEN: usize = 128;
+pub const DEFAULT_KEY: &str = "default";
+/// A priority is a time offset of at most this many seconds either way.
+pub const MAX_PRIORITY_SECS: i64 = 3600;
+
+impl JobKey {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s.is_empty() || s.len() > MAX_KEY_LEN || !s.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+            return Err(format!(
+                "key: must be 1 to {MAX_KEY_LEN} visible ASCII characters (no spaces)"
+            ));
+        }
+        Ok(Self(s.to_owned()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for JobKey {
+    fn default() -> Self {
+        Self(DEFAULT_KEY.to_owned())
+    }
+}
+
 /// A validated job submission.
 #[derive(Debug, Clone)]
 pub struct JobSpec {
     pub payload: Box<RawValue>,
     pub timeout_secs: Option<u32>,
     pub max_attempts: Option<u32>,
+    pub key: JobKey,
+    pub priority: i32,
 }
 
 impl JobSpec {
+    /// A submission with the default key and priority 0.
     pub fn new(payload: Box<RawValue>, timeout_secs: Option<i64>, max_attempts: Option<i64>) -> Result<Self, String> {
+        Self::with_flow(payload, timeout_secs, max_attempts, None, None)
+    }
+
+    pub fn with_flow(
+        payload: Box<RawValue>,
+        timeout_secs: Option<i64>,
+        max_attempts: Option<i64>,
+        key: Option<&str>,
+        priority: Option<i64>,
+    ) -> Result<Self, String> {
+        let key = key.map(JobKey::parse).transpose()?.unwrap_or_default();
+        let priority = match priority {
+            None => 0,
+            Some(p) if (-MAX_PRIORITY_SECS..=MAX_PRIORITY_SECS).contains(&p) => p as i32,
+            Some(_) => {
+                return Err(format!(
+                    "priority: must be an integer from -{MAX_PRIORITY_SECS} to {MAX_PRIORITY_SECS}"
+                ));
+            }
+        };
         if nesting_depth(payload.get()) > MAX_NESTING {
             return Err(format!("payload: nested deeper than {MAX_NESTING} levels"));
         }
@@ -102,6 +192,8 @@ impl JobSpec {
             payload,
             timeout_secs,
             max_attempts,
+            key,
+            priority,
         })
     }
 
@@ -112,6 +204,11 @@ impl JobSpec {
         h.update(self.payload.get().as_bytes());
         h.update([0]);
         h.update(format!("{:?}/{:?}", self.timeout_secs, self.max_attempts).as_bytes());
+        // Only a submission that names a key or a priority hashes them, so
+        // the fingerprints stored before flow control existed still match.
+        if self.key.as_str() != DEFAULT_KEY || self.priority != 0 {
+            h.update(format!("/{}/{}", self.key.as_str(), self.priority).as_bytes());
+        }
         h.finalize().to_vec()
     }
 }

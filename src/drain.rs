@@ -69,6 +69,10 @@ const LONG_POLL: Duration = Duration::from_secs(2);
 /// A message that names no job yet is hidden this long before it is looked
 /// at again (its enqueue may still be committing).
 const ORPHAN_RECHECK: Duration = Duration::from_secs(30);
+/// A due job held back by its key's cap is looked at again after this long
+/// (its message hidden meanwhile), not at once: a full key's messages must
+/// not be received and released over and over.
+const KEY_CAP_RECHECK: Duration = Duration::from_secs(2);
 /// Added to a release delay so that SQS (whole seconds) never shows a
 /// message before its job is due.
 const DUE_SLACK: Duration = Duration::from_secs(1);
@@ -387,6 +391,10 @@ async fn reserve_for(state: &AppState, messages: Vec<Received>) -> anyhow::Resul
             }
             Some(d) if d.status.needs_no_message() => sorted.delete.push(m.receipt),
             Some(d) if d.available_at > now => sorted.release.push(release(until(d.available_at), Some(id))),
+            // Queued and due, but its key is at its cap: other keys go on.
+            Some(_) if reservation.key_capped.contains(&id) => {
+                sorted.release.push(release(KEY_CAP_RECHECK, Some(id)));
+            }
             Some(_) => match reservation.busy_until {
                 // Queued and due, but the downstream asked to wait.
                 Some(busy_until) => {

@@ -17,7 +17,7 @@ use sqlx::{PgExecutor, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::{
-    domain::{IdempotencyKey, Job, JobEvent, JobSpec},
+    domain::{IdempotencyKey, Job, JobEvent, JobSpec, WaitingOn},
     lifecycle::{AttemptRef, JobStatus, Lease, Transition, reasons},
 };
 
@@ -34,6 +34,9 @@ struct JobRow {
     finished_at: Option<DateTime<Utc>>,
     result: Option<String>,
     error: Option<String>,
+    key: String,
+    priority: i32,
+    available_at: DateTime<Utc>,
 }
 
 /// A [`JobRow`] from a `query!` record that selects the job columns (and
@@ -50,6 +53,9 @@ macro_rules! job_row {
             finished_at: $r.finished_at,
             result: $r.result,
             error: $r.error,
+            key: $r.key,
+            priority: $r.priority,
+            available_at: $r.available_at,
         }
     };
 }
@@ -68,6 +74,12 @@ impl From<JobRow> for Job {
             finished_at: r.finished_at,
             result: r.result.map(raw),
             error: r.error,
+            key: r.key,
+            priority: r.priority,
+            // Filled in, for queued jobs, by `explain_waiting`.
+            waiting_on: None,
+            not_before: None,
+            available_at: r.available_at,
         }
     }
 }
@@ -95,16 +107,6 @@ pub async fn get_limit(ex: impl PgExecutor<'_>) -> sqlx::Result<i32> {
     sqlx::query_scalar!("SELECT max_concurrency FROM gate")
         .fetch_one(ex)
         .await
-}
-
-/// Changes the limit. Takes the gate lock, so it is ordered with reservations.
-pub async fn set_limit(ex: impl PgExecutor<'_>, max_concurrency: i32) -> sqlx::Result<i32> {
-    sqlx::query_scalar!(
-        "UPDATE gate SET max_concurrency = $1, updated_at = now() RETURNING max_concurrency",
-        max_concurrency
-    )
-    .fetch_one(ex)
-    .await
 }
 
 /// `(limit, live)`: the limit and the number of jobs holding a slot.
@@ -151,6 +153,208 @@ pub async fn pause_downstream(ex: impl PgExecutor<'_>, secs: f64) -> sqlx::Resul
     Ok(())
 }
 
+/// The limits the API shows and changes (`GET/PUT /limits`).
+#[derive(Debug, Clone, Copy)]
+pub struct LimitSettings {
+    pub max_concurrency: i32,
+    pub key_max_concurrency: Option<i32>,
+}
+
+pub async fn limit_settings(ex: impl PgExecutor<'_>) -> sqlx::Result<LimitSettings> {
+    sqlx::query_as!(LimitSettings, "SELECT max_concurrency, key_max_concurrency FROM gate")
+        .fetch_one(ex)
+        .await
+}
+
+/// Changes the limits named (`Some`); for `key_max_concurrency`, `Some(None)`
+/// clears it. Takes the gate lock, so it is ordered with reservations.
+pub async fn update_limits(
+    ex: impl PgExecutor<'_>,
+    max_concurrency: Option<i32>,
+    key_max_concurrency: Option<Option<i32>>,
+) -> sqlx::Result<LimitSettings> {
+    sqlx::query_as!(
+        LimitSettings,
+        "UPDATE gate SET max_concurrency = coalesce($1, max_concurrency),
+                         key_max_concurrency = CASE WHEN $2 THEN $3 ELSE key_max_concurrency END,
+                         updated_at = now()
+         RETURNING max_concurrency, key_max_concurrency",
+        max_concurrency,
+        key_max_concurrency.is_some(),
+        key_max_concurrency.flatten(),
+    )
+    .fetch_one(ex)
+    .await
+}
+
+// ------------------------------------------------------------------ keys
+
+/// A key: its own settings (if any) and its jobs now.
+#[derive(Debug, Clone)]
+pub struct KeyInfo {
+    pub key: String,
+    pub max_concurrency: Option<i32>,
+    pub weight: f64,
+    pub queued: i64,
+    pub running: i64,
+    pub oldest_queued_at: Option<DateTime<Utc>>,
+}
+
+/// One key, if it has jobs or settings of its own.
+pub async fn get_key(ex: impl PgExecutor<'_>, key: &str) -> sqlx::Result<Option<KeyInfo>> {
+    sqlx::query_as!(
+        KeyInfo,
+        r#"SELECT $1::text AS "key!", k.max_concurrency, coalesce(k.weight, 1) AS "weight!",
+                  (SELECT count(*) FROM jobs WHERE key = $1 AND status = 'queued') AS "queued!",
+                  (SELECT count(*) FROM jobs WHERE key = $1 AND status = ANY(live_statuses())) AS "running!",
+                  (SELECT min(created_at) FROM jobs WHERE key = $1 AND status = 'queued') AS oldest_queued_at
+           FROM (SELECT 1) one LEFT JOIN keys k ON k.key = $1
+           WHERE k.key IS NOT NULL OR EXISTS (SELECT 1 FROM jobs WHERE key = $1)"#,
+        key
+    )
+    .fetch_optional(ex)
+    .await
+}
+
+/// Keys with queued or live jobs or settings of their own, in key order,
+/// after `after`.
+pub async fn list_keys(ex: impl PgExecutor<'_>, after: Option<&str>, limit: i64) -> sqlx::Result<Vec<KeyInfo>> {
+    sqlx::query_as!(
+        KeyInfo,
+        r#"WITH names AS (
+             SELECT key FROM keys
+             UNION
+             SELECT DISTINCT key FROM jobs WHERE status = 'queued' OR status = ANY(live_statuses()))
+           SELECT n.key AS "key!", k.max_concurrency, coalesce(k.weight, 1) AS "weight!",
+                  (SELECT count(*) FROM jobs WHERE key = n.key AND status = 'queued') AS "queued!",
+                  (SELECT count(*) FROM jobs WHERE key = n.key AND status = ANY(live_statuses())) AS "running!",
+                  (SELECT min(created_at) FROM jobs WHERE key = n.key AND status = 'queued') AS oldest_queued_at
+           FROM names n LEFT JOIN keys k ON k.key = n.key
+           WHERE $1::text IS NULL OR n.key > $1
+           ORDER BY n.key LIMIT $2"#,
+        after,
+        limit
+    )
+    .fetch_all(ex)
+    .await
+}
+
+/// Creates or changes a key's settings: fields given (`Some`) change, the
+/// others keep their value; `max_concurrency: Some(None)` clears the cap.
+/// Takes the gate lock, so a new cap is ordered with reservations.
+pub async fn put_key(
+    tx: &mut Transaction<'_, Postgres>,
+    key: &str,
+    max_concurrency: Option<Option<i32>>,
+    weight: Option<f64>,
+) -> sqlx::Result<()> {
+    sqlx::query!("SELECT 1 AS one FROM gate FOR UPDATE")
+        .fetch_one(&mut **tx)
+        .await?;
+    sqlx::query!(
+        "INSERT INTO keys (key, max_concurrency, weight) VALUES ($1, $3, coalesce($4::float8, 1))
+         ON CONFLICT (key) DO UPDATE SET
+           max_concurrency = CASE WHEN $2 THEN $3 ELSE keys.max_concurrency END,
+           weight = coalesce($4, keys.weight),
+           updated_at = now()",
+        key,
+        max_concurrency.is_some(),
+        max_concurrency.flatten(),
+        weight,
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Removes a key's own settings; whether it had any.
+pub async fn delete_key(ex: impl PgExecutor<'_>, key: &str) -> sqlx::Result<bool> {
+    Ok(sqlx::query!("DELETE FROM keys WHERE key = $1", key)
+        .execute(ex)
+        .await?
+        .rows_affected()
+        > 0)
+}
+
+// ------------------------------------------------------- why jobs wait
+
+/// What decides whether a queued job could go now: the limits, the live
+/// counts (global and of the jobs' keys) and the downstream's Retry-After.
+struct WaitContext {
+    limit: i32,
+    live: i64,
+    busy_until: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    /// Per key: (cap, live).
+    keys: HashMap<String, (Option<i32>, i64)>,
+}
+
+impl WaitContext {
+    fn explain(&self, job: &Job) -> (Option<WaitingOn>, Option<DateTime<Utc>>) {
+        if job.status != JobStatus::Queued {
+            return (None, None);
+        }
+        let key = self.keys.get(&job.key).copied().unwrap_or((None, 0));
+        if self.limit == 0 {
+            (Some(WaitingOn::Paused), None)
+        } else if let Some(until) = self.busy_until {
+            (Some(WaitingOn::DownstreamBusy), Some(until))
+        } else if job.available_at > self.now {
+            (Some(WaitingOn::RetryBackoff), Some(job.available_at))
+        } else if key.0.is_some_and(|cap| key.1 >= i64::from(cap)) {
+            (Some(WaitingOn::KeyLimit), None)
+        } else if self.live >= i64::from(self.limit) {
+            (Some(WaitingOn::GlobalLimit), None)
+        } else {
+            (Some(WaitingOn::Queue), None)
+        }
+    }
+}
+
+/// Fills in `waiting_on` and `not_before` of the queued jobs among `jobs`
+/// (one query, and none when no job is queued).
+pub async fn explain_waiting<'j>(
+    ex: impl PgExecutor<'_>,
+    jobs: impl IntoIterator<Item = &'j mut Job>,
+) -> sqlx::Result<()> {
+    let mut jobs: Vec<&mut Job> = jobs.into_iter().collect();
+    let mut keys: Vec<String> = jobs
+        .iter()
+        .filter(|j| j.status == JobStatus::Queued)
+        .map(|j| j.key.clone())
+        .collect();
+    if keys.is_empty() {
+        return Ok(());
+    }
+    keys.sort();
+    keys.dedup();
+    let r = sqlx::query!(
+        r#"SELECT g.max_concurrency, CASE WHEN g.busy_until > now() THEN g.busy_until END AS busy_until,
+                  now() AS "now!",
+                  (SELECT count(*) FROM jobs WHERE status = ANY(live_statuses())) AS "live!",
+                  ARRAY(SELECT coalesce(k.max_concurrency, g.key_max_concurrency)
+                        FROM unnest($1::text[]) WITH ORDINALITY u(key, o) LEFT JOIN keys k ON k.key = u.key
+                        ORDER BY u.o) AS "caps!: Vec<Option<i32>>",
+                  ARRAY(SELECT (SELECT count(*) FROM jobs l WHERE l.key = u.key AND l.status = ANY(live_statuses()))
+                        FROM unnest($1::text[]) WITH ORDINALITY u(key, o) ORDER BY u.o) AS "lives!: Vec<i64>"
+           FROM gate g"#,
+        &keys
+    )
+    .fetch_one(ex)
+    .await?;
+    let ctx = WaitContext {
+        limit: r.max_concurrency,
+        live: r.live,
+        busy_until: r.busy_until,
+        now: r.now,
+        keys: keys.into_iter().zip(r.caps.into_iter().zip(r.lives)).collect(),
+    };
+    for job in jobs.iter_mut() {
+        (job.waiting_on, job.not_before) = ctx.explain(job);
+    }
+    Ok(())
+}
+
 // ------------------------------------------------------------- enqueueing
 
 pub enum Inserted {
@@ -193,14 +397,18 @@ pub async fn insert_jobs(
         .map(|j| j.spec.max_attempts.unwrap_or(default_max_attempts) as i32)
         .collect();
     let keys: Vec<Option<String>> = jobs.iter().map(|j| j.key.map(|k| k.as_str().to_owned())).collect();
+    let flow_keys: Vec<String> = jobs.iter().map(|j| j.spec.key.as_str().to_owned()).collect();
+    let priorities: Vec<i32> = jobs.iter().map(|j| j.spec.priority).collect();
     let rows = sqlx::query_as!(
         JobRow,
         r#"WITH input AS (
-             SELECT * FROM unnest($1::uuid[], $2::text[], $3::int[], $4::int[], $5::text[], $6::bytea[])
-               WITH ORDINALITY AS t(id, payload, timeout_secs, max_attempts, idempotency_key, request_hash, ord)),
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::int[], $4::int[], $5::text[], $6::bytea[],
+                                  $8::text[], $9::int[])
+               WITH ORDINALITY AS t(id, payload, timeout_secs, max_attempts, idempotency_key, request_hash,
+                                    key, priority, ord)),
            ins AS (
-             INSERT INTO jobs (id, payload, timeout_secs, max_attempts, idempotency_key, request_hash)
-             SELECT id, payload::json, timeout_secs, max_attempts, idempotency_key, request_hash
+             INSERT INTO jobs (id, payload, timeout_secs, max_attempts, idempotency_key, request_hash, key, priority)
+             SELECT id, payload::json, timeout_secs, max_attempts, idempotency_key, request_hash, key, priority
              FROM input ORDER BY idempotency_key, ord
              ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
              RETURNING *),
@@ -208,7 +416,7 @@ pub async fn insert_jobs(
                   SELECT id, NULL, status, 0, $7 FROM ins)
            SELECT id AS "id!", status AS "status!: JobStatus", payload::text AS "payload!",
                   attempts - busy_refusals AS "attempts!", created_at AS "created_at!", started_at, finished_at,
-                  result::text AS result, error
+                  result::text AS result, error, key AS "key!", priority AS "priority!", available_at AS "available_at!"
            FROM ins"#,
         &ids,
         &payloads,
@@ -217,6 +425,8 @@ pub async fn insert_jobs(
         &keys as &[Option<String>],
         &fingerprints as &[Option<Vec<u8>>],
         Transition::submitted(),
+        &flow_keys,
+        &priorities,
     )
     .fetch_all(&mut **tx)
     .await?;
@@ -233,7 +443,7 @@ pub async fn insert_jobs(
         let rows = sqlx::query!(
             r#"SELECT id, status AS "status: JobStatus", payload::text AS "payload!",
                       attempts - busy_refusals AS "attempts!", created_at, started_at, finished_at,
-                      result::text AS result, error, idempotency_key AS "idempotency_key!", request_hash
+                      result::text AS result, error, key, priority, available_at, idempotency_key AS "idempotency_key!", request_hash
                FROM jobs WHERE idempotency_key = ANY($1)"#,
             &taken
         )
@@ -266,6 +476,7 @@ fn clone_job(job: &Job) -> Job {
         payload: raw(&job.payload),
         result: job.result.as_deref().map(raw),
         error: job.error.clone(),
+        key: job.key.clone(),
         ..*job
     }
 }
@@ -286,7 +497,7 @@ pub async fn get_job(ex: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<J
         JobRow,
         r#"SELECT id, status AS "status: JobStatus", payload::text AS "payload!",
                   attempts - busy_refusals AS "attempts!", created_at, started_at, finished_at,
-                  result::text AS result, error
+                  result::text AS result, error, key, priority, available_at
            FROM jobs WHERE id = $1"#,
         id
     )
@@ -315,6 +526,7 @@ pub struct JobsPage {
 pub async fn list_jobs(
     ex: impl PgExecutor<'_>,
     status: Option<JobStatus>,
+    key: Option<&str>,
     after: Option<(DateTime<Utc>, Uuid)>,
     limit: i64,
     max_bytes: i64,
@@ -328,6 +540,7 @@ pub async fn list_jobs(
                FROM jobs
                WHERE ($1::job_status IS NULL OR status = $1)
                  AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
+                 AND ($6::text IS NULL OR key = $6)
                WINDOW w AS (ORDER BY created_at DESC, id DESC ROWS UNBOUNDED PRECEDING)
                ORDER BY created_at DESC, id DESC LIMIT $4::bigint + 1
            ), sized AS (
@@ -340,7 +553,7 @@ pub async fn list_jobs(
            )
            SELECT id, status AS "status: JobStatus", payload::text AS "payload!",
                   attempts - busy_refusals AS "attempts!", created_at, started_at, finished_at,
-                  result::text AS result, error,
+                  result::text AS result, error, key, priority, available_at,
                   (SELECT count(*) FROM candidates) > (SELECT count(*) FROM page) AS "more!"
            FROM jobs WHERE id = ANY(ARRAY(SELECT id FROM page))
            ORDER BY created_at DESC, id DESC"#,
@@ -348,7 +561,8 @@ pub async fn list_jobs(
         after.map(|a| a.0),
         after.map(|a| a.1),
         limit,
-        max_bytes
+        max_bytes,
+        key
     )
     .fetch_all(ex)
     .await?;
@@ -425,7 +639,7 @@ pub async fn transition(ex: impl PgExecutor<'_>, id: Uuid, t: &Transition<'_>) -
                   SELECT id, from_status, status, attempts, $5 FROM upd)
            SELECT id AS "id!", status AS "status!: JobStatus", payload::text AS "payload!",
                   attempts - busy_refusals AS "attempts!", created_at AS "created_at!", started_at, finished_at,
-                  result::text AS result, error
+                  result::text AS result, error, key AS "key!", priority AS "priority!", available_at AS "available_at!"
            FROM upd"#,
         id,
         t.attempt.map(|a| a.attempt),
@@ -463,7 +677,7 @@ pub async fn heartbeat(ex: impl PgExecutor<'_>, attempt: AttemptRef) -> sqlx::Re
                   SELECT id, from_status, status, attempts, $3 FROM upd WHERE from_status <> status)
            SELECT id AS "id!", status AS "status!: JobStatus", payload::text AS "payload!",
                   attempts - busy_refusals AS "attempts!", created_at AS "created_at!", started_at, finished_at,
-                  result::text AS result, error
+                  result::text AS result, error, key AS "key!", priority AS "priority!", available_at AS "available_at!"
            FROM upd"#,
         attempt.job,
         attempt.attempt,
@@ -531,6 +745,8 @@ impl Reserved {
 pub struct Reservation {
     pub jobs: Vec<Reserved>,
     pub busy_until: Option<DateTime<Utc>>,
+    /// Candidates (queued and due) held back because their key is at its cap.
+    pub key_capped: Vec<Uuid>,
 }
 
 /// Reserves slots for as many of `candidates` (queued and due) as the limit
@@ -559,17 +775,39 @@ pub async fn reserve(pool: &PgPool, candidates: &[Uuid], dispatch_lease_secs: f6
         return Ok(Reservation {
             jobs: Vec::new(),
             busy_until,
+            key_capped: Vec::new(),
         });
     }
+    // Of the candidates, each key may take `cap - live` more (its own cap,
+    // else the gate's key_max_concurrency, else no cap); the slots left are
+    // given out by weighted share of occupied slots — `(live + n) / weight`
+    // for a key's n-th candidate — and within a key by `created_at -
+    // priority`. Counted under the gate lock, so caps are exact like the
+    // limit. The last part lists the candidates held back by their key's cap.
     let rows = sqlx::query!(
         r#"WITH free AS (
              SELECT GREATEST((SELECT max_concurrency FROM gate)
                     - (SELECT count(*) FROM jobs WHERE status = ANY(live_statuses())), 0) AS n),
+           cand AS (
+             SELECT id, key, created_at - make_interval(secs => priority) AS turn
+             FROM jobs WHERE id = ANY($1) AND status = 'queued' AND available_at <= now()),
+           room AS (
+             SELECT c.key,
+                    coalesce(k.max_concurrency, (SELECT key_max_concurrency FROM gate)) AS cap,
+                    coalesce(k.weight, 1) AS weight,
+                    (SELECT count(*) FROM jobs l WHERE l.key = c.key AND l.status = ANY(live_statuses())) AS live
+             FROM (SELECT DISTINCT key FROM cand) c LEFT JOIN keys k ON k.key = c.key),
+           ranked AS (
+             SELECT c.id, c.turn, r.cap, r.weight, r.live,
+                    row_number() OVER (PARTITION BY c.key ORDER BY c.turn, c.id) AS n
+             FROM cand c JOIN room r ON r.key = c.key),
+           eligible AS (
+             SELECT id, turn, (live + n) / weight AS share FROM ranked WHERE cap IS NULL OR live + n <= cap),
            picked AS (
-             SELECT id FROM jobs
-             WHERE id = ANY($1) AND status = 'queued' AND available_at <= now()
-             ORDER BY created_at, id LIMIT (SELECT n FROM free)
-             FOR UPDATE),
+             SELECT j.id FROM jobs j JOIN eligible e ON e.id = j.id
+             WHERE j.status = 'queued' AND j.available_at <= now()
+             ORDER BY e.share, e.turn, j.id LIMIT (SELECT n FROM free)
+             FOR UPDATE OF j),
            upd AS (
              UPDATE jobs j SET status = 'dispatching', attempts = j.attempts + 1,
                     lease_expires_at = now() + make_interval(secs => $2)
@@ -578,9 +816,10 @@ pub async fn reserve(pool: &PgPool, candidates: &[Uuid], dispatch_lease_secs: f6
                        j.max_attempts, j.timeout_secs),
            ev AS (INSERT INTO job_events (job_id, from_status, to_status, attempt, reason)
                   SELECT id, 'queued', 'dispatching', attempts, $3 FROM upd)
-           SELECT id AS "id!", attempts AS "attempts!", used AS "used!", payload AS "payload!",
-                  max_attempts AS "max_attempts!", timeout_secs AS "timeout_secs!"
-           FROM upd"#,
+           SELECT id AS "id!", attempts, used, payload, max_attempts, timeout_secs, false AS "capped!"
+           FROM upd
+           UNION ALL
+           SELECT id, NULL, NULL, NULL, NULL, NULL, true FROM cand WHERE id NOT IN (SELECT id FROM eligible)"#,
         candidates,
         dispatch_lease_secs,
         reasons::RESERVED,
@@ -588,17 +827,30 @@ pub async fn reserve(pool: &PgPool, candidates: &[Uuid], dispatch_lease_secs: f6
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    let jobs = rows
-        .into_iter()
-        .map(|r| Reserved {
-            attempt: AttemptRef::new(r.id, r.attempts),
-            attempts_used: r.used,
-            payload: RawValue::from_string(r.payload).expect("a json column holds valid JSON"),
-            max_attempts: r.max_attempts,
-            timeout_secs: r.timeout_secs,
-        })
-        .collect();
-    Ok(Reservation { jobs, busy_until })
+    let mut reservation = Reservation {
+        jobs: Vec::new(),
+        busy_until,
+        key_capped: Vec::new(),
+    };
+    for r in rows {
+        if r.capped {
+            reservation.key_capped.push(r.id);
+            continue;
+        }
+        let (Some(attempt), Some(used), Some(payload), Some(max_attempts), Some(timeout_secs)) =
+            (r.attempts, r.used, r.payload, r.max_attempts, r.timeout_secs)
+        else {
+            unreachable!("a reserved row has every column");
+        };
+        reservation.jobs.push(Reserved {
+            attempt: AttemptRef::new(r.id, attempt),
+            attempts_used: used,
+            payload: RawValue::from_string(payload).expect("a json column holds valid JSON"),
+            max_attempts,
+            timeout_secs,
+        });
+    }
+    Ok(reservation)
 }
 
 /// What a drain needs to know of a received message's job.

@@ -17,7 +17,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::{
-    domain::{IdempotencyKey, Job, JobEvent, JobSpec, JobStatus},
+    domain::{IdempotencyKey, Job, JobEvent, JobKey, JobSpec, JobStatus},
     enqueue::{self, EnqueueError, Submit, Submitted},
     http::error::{ApiError, ApiResult, Problem},
     http::extract::{ApiJson, JobId, StrictQuery, parse_json},
@@ -49,6 +49,14 @@ pub struct SubmitJob {
     /// Submissions tried before the job fails (default `MAX_ATTEMPTS`).
     #[schema(minimum = 1, maximum = 100)]
     pub max_attempts: Option<i64>,
+    /// Flow-control key (a tenant, a model, ...): 1 to 128 visible ASCII
+    /// characters; default `default`.
+    #[schema(min_length = 1, max_length = 128, pattern = "^[!-~]{1,128}$")]
+    pub key: Option<String>,
+    /// Seconds the job is ordered ahead of its submission time, within its
+    /// key (−3600 to 3600; default 0).
+    #[schema(minimum = -3600, maximum = 3600)]
+    pub priority: Option<i64>,
 }
 
 /// One job of a batch.
@@ -65,6 +73,13 @@ pub struct BatchJob {
     /// Submissions tried before the job fails (default `MAX_ATTEMPTS`).
     #[schema(minimum = 1, maximum = 100)]
     pub max_attempts: Option<i64>,
+    /// Flow-control key: 1 to 128 visible ASCII characters; default `default`.
+    #[schema(min_length = 1, max_length = 128, pattern = "^[!-~]{1,128}$")]
+    pub key: Option<String>,
+    /// Seconds the job is ordered ahead of its submission time, within its
+    /// key (−3600 to 3600; default 0).
+    #[schema(minimum = -3600, maximum = 3600)]
+    pub priority: Option<i64>,
     /// Same meaning as the `Idempotency-Key` header of `POST /jobs`: 1 to
     /// 255 visible ASCII characters.
     #[schema(min_length = 1, max_length = 255, pattern = "^[!-~]+$")]
@@ -176,7 +191,14 @@ async fn submit(
             }),
         });
     }
-    Ok(answers.into_iter().map(|a| a.expect("every item answered")).collect())
+    let mut answers: Vec<Result<(StatusCode, Job), ApiError>> =
+        answers.into_iter().map(|a| a.expect("every item answered")).collect();
+    store::explain_waiting(
+        &state.db,
+        answers.iter_mut().filter_map(|a| a.as_mut().ok().map(|(_, job)| job)),
+    )
+    .await?;
+    Ok(answers)
 }
 
 fn idempotency_header(headers: &HeaderMap) -> ApiResult<Option<IdempotencyKey>> {
@@ -218,7 +240,14 @@ pub async fn submit_job(
     ApiJson(body): ApiJson<SubmitJob>,
 ) -> ApiResult<Response> {
     let key = idempotency_header(&headers)?;
-    let spec = JobSpec::new(body.payload, body.timeout_secs, body.max_attempts).map_err(ApiError::Validation)?;
+    let spec = JobSpec::with_flow(
+        body.payload,
+        body.timeout_secs,
+        body.max_attempts,
+        body.key.as_deref(),
+        body.priority,
+    )
+    .map_err(ApiError::Validation)?;
     let mut results = submit(&state, vec![Ok(Submit { spec, key })]).await?;
     let (status, job) = results.pop().expect("one result per item")?;
     Ok(job_response(status, job))
@@ -232,7 +261,14 @@ fn parse_batch_item(raw: &RawValue) -> Result<Submit, ApiError> {
         .map(IdempotencyKey::parse)
         .transpose()
         .map_err(ApiError::Validation)?;
-    let spec = JobSpec::new(item.payload, item.timeout_secs, item.max_attempts).map_err(ApiError::Validation)?;
+    let spec = JobSpec::with_flow(
+        item.payload,
+        item.timeout_secs,
+        item.max_attempts,
+        item.key.as_deref(),
+        item.priority,
+    )
+    .map_err(ApiError::Validation)?;
     Ok(Submit { spec, key })
 }
 
@@ -289,10 +325,9 @@ pub async fn submit_batch(
     ),
     security(("api_token" = [])))]
 pub async fn get_job(State(state): State<AppState>, JobId(id): JobId) -> ApiResult<Json<Job>> {
-    store::get_job(&state.db, id)
-        .await?
-        .map(Json)
-        .ok_or_else(|| not_found(id))
+    let mut job = store::get_job(&state.db, id).await?.ok_or_else(|| not_found(id))?;
+    store::explain_waiting(&state.db, [&mut job]).await?;
+    Ok(Json(job))
 }
 
 fn not_found(id: Uuid) -> ApiError {
@@ -313,6 +348,9 @@ pub struct ListQuery {
     limit: Option<String>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Only jobs of this flow-control key.
+    #[param(value_type = Option<String>, min_length = 1, max_length = 128, pattern = "^[!-~]{1,128}$")]
+    key: Option<String>,
 }
 
 pub const DEFAULT_PAGE: i64 = 100;
@@ -367,7 +405,21 @@ pub async fn list_jobs(
         .as_deref()
         .map(|c| decode_cursor(c).ok_or_else(|| ApiError::BadRequest("cursor: not a cursor this API returned".into())))
         .transpose()?;
-    let page = store::list_jobs(&state.db, status, after, limit, MAX_PAGE_BYTES).await?;
+    let key = q
+        .key
+        .as_deref()
+        .map(|k| JobKey::parse(k).map_err(ApiError::BadRequest))
+        .transpose()?;
+    let mut page = store::list_jobs(
+        &state.db,
+        status,
+        key.as_ref().map(JobKey::as_str),
+        after,
+        limit,
+        MAX_PAGE_BYTES,
+    )
+    .await?;
+    store::explain_waiting(&state.db, &mut page.jobs).await?;
     let next_cursor = if page.more {
         page.jobs.last().map(encode_cursor)
     } else {
@@ -437,6 +489,11 @@ mod tests {
             finished_at: None,
             result: None,
             error: None,
+            key: "default".into(),
+            priority: 0,
+            waiting_on: None,
+            not_before: None,
+            available_at: DateTime::from_timestamp_micros(0).unwrap(),
         };
         assert_eq!(decode_cursor(&encode_cursor(&job)), Some((job.created_at, job.id)));
         assert_eq!(decode_cursor("nope"), None);

@@ -21,54 +21,158 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 pub const MAX_LIMIT: i64 = 1_000_000;
 
-/// The concurrency limit.
+/// The limits in force.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[schema(example = json!({"max_concurrency": 10}))]
+#[schema(example = json!({"max_concurrency": 10, "effective_concurrency": 10, "key_max_concurrency": null,
+    "rate_per_second": null, "rate_burst": null, "adaptive": false, "adaptive_min": 1}))]
 pub struct Limits {
     /// Jobs the downstream may hold at once (dispatching + running); 0 pauses dispatching.
     #[schema(minimum = 0, maximum = 1000000)]
     pub max_concurrency: i64,
+    /// The limit enforced: `max_concurrency` (the adaptive limit is not available yet).
+    #[schema(minimum = 0)]
+    pub effective_concurrency: i64,
+    /// The cap of every key without one of its own; null: none.
+    #[schema(required = true, minimum = 0, maximum = 1000000)]
+    pub key_max_concurrency: Option<i64>,
+    /// Global rate limit: not available yet, always null.
+    #[schema(required = true)]
+    pub rate_per_second: Option<f64>,
+    /// Global rate burst: not available yet, always null.
+    #[schema(required = true)]
+    pub rate_burst: Option<i64>,
+    /// The adaptive limit: not available yet, always false.
+    pub adaptive: bool,
+    /// The adaptive limit's floor: 1 while it is not available.
+    pub adaptive_min: i64,
 }
 
-/// Get the concurrency limit
+impl From<store::LimitSettings> for Limits {
+    fn from(l: store::LimitSettings) -> Self {
+        Self {
+            max_concurrency: l.max_concurrency.into(),
+            effective_concurrency: l.max_concurrency.into(),
+            key_max_concurrency: l.key_max_concurrency.map(i64::from),
+            rate_per_second: None,
+            rate_burst: None,
+            adaptive: false,
+            adaptive_min: 1,
+        }
+    }
+}
+
+/// A change of the limits: any non-empty subset of the fields; fields not
+/// named keep their value; `null` clears a nullable one.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"max_concurrency": 20, "key_max_concurrency": 5}))]
+pub struct LimitsChange {
+    /// 0 pauses dispatching.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>, minimum = 0, maximum = 1000000)]
+    pub max_concurrency: Option<Option<i64>>,
+    /// The cap of every key without one of its own; null removes it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>, minimum = 0, maximum = 1000000)]
+    pub key_max_concurrency: Option<Option<i64>>,
+    /// Not available yet: only null is accepted.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<f64>)]
+    pub rate_per_second: Option<Option<f64>>,
+    /// Not available yet: only null is accepted.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>)]
+    pub rate_burst: Option<Option<i64>>,
+    /// Not available yet: only false is accepted.
+    pub adaptive: Option<bool>,
+    /// Not available yet: only 1 is accepted.
+    pub adaptive_min: Option<i64>,
+}
+
+/// A field that is present (even as `null`) becomes `Some(..)`; an absent
+/// one stays `None` (`#[serde(default)]`).
+pub(crate) fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+fn limit_value(field: &str, v: i64) -> ApiResult<i32> {
+    if (0..=MAX_LIMIT).contains(&v) {
+        Ok(v as i32)
+    } else {
+        Err(ApiError::Validation(format!(
+            "{field}: must be between 0 and {MAX_LIMIT}"
+        )))
+    }
+}
+
+/// Get the limits
 #[utoipa::path(get, path = "/limits", tag = "limits", operation_id = "getLimits",
-    responses((status = 200, description = "The limit in force", body = Limits)),
+    responses((status = 200, description = "The limits in force", body = Limits)),
     security(("api_token" = [])))]
 pub async fn get_limits(State(state): State<AppState>) -> ApiResult<Json<Limits>> {
-    Ok(Json(Limits {
-        max_concurrency: store::get_limit(&state.db).await?.into(),
-    }))
+    Ok(Json(store::limit_settings(&state.db).await?.into()))
 }
 
-/// Change the concurrency limit
+/// Change the limits
 ///
-/// Takes effect for the next slot reservation on every replica. 0 pauses
-/// dispatching; lowering below the number running stops new dispatches until
-/// enough jobs finish (nothing is interrupted).
+/// Any non-empty subset of the fields; the others keep their value. Takes
+/// effect for the next slot reservation on every replica. `max_concurrency`
+/// 0 pauses dispatching; lowering it below the number running stops new
+/// dispatches until enough jobs finish (nothing is interrupted).
+/// `key_max_concurrency` caps every key without a cap of its own. Rate
+/// limits and the adaptive limit are not available yet: only their neutral
+/// values (null, false, 1) are accepted.
 #[utoipa::path(put, path = "/limits", tag = "limits", operation_id = "setLimits",
-    request_body = Limits,
+    request_body = LimitsChange,
     responses(
-        (status = 200, description = "The new limit", body = Limits),
-        (status = 422, description = "Out of range", body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 200, description = "The limits now", body = Limits),
+        (status = 422, description = "Empty, out of range, or not available yet; nothing changed", body = crate::http::error::Problem, content_type = "application/problem+json"),
     ),
     security(("api_token" = [])))]
-pub async fn put_limits(State(state): State<AppState>, ApiJson(body): ApiJson<Limits>) -> ApiResult<Json<Limits>> {
-    if !(0..=MAX_LIMIT).contains(&body.max_concurrency) {
-        return Err(ApiError::Validation(format!(
-            "max_concurrency: must be between 0 and {MAX_LIMIT}"
-        )));
+pub async fn put_limits(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<LimitsChange>,
+) -> ApiResult<Json<Limits>> {
+    let max = match body.max_concurrency {
+        None => None,
+        Some(None) => return Err(ApiError::Validation("max_concurrency: must not be null".into())),
+        Some(Some(v)) => Some(limit_value("max_concurrency", v)?),
+    };
+    let key_max = body
+        .key_max_concurrency
+        .map(|v| v.map(|v| limit_value("key_max_concurrency", v)).transpose())
+        .transpose()?;
+    if matches!(body.rate_per_second, Some(Some(_))) || matches!(body.rate_burst, Some(Some(_))) {
+        return Err(ApiError::Validation(
+            "rate limits are not available yet: only null is accepted".into(),
+        ));
     }
-    let limit = store::set_limit(&state.db, body.max_concurrency as i32).await?;
-    metrics::gauge!(crate::metrics::LIMIT).set(f64::from(limit));
-    tracing::info!(max_concurrency = limit, "limit changed");
+    if body.adaptive == Some(true) || body.adaptive_min.is_some_and(|m| m != 1) {
+        return Err(ApiError::Validation("the adaptive limit is not available yet".into()));
+    }
+    let named = [
+        body.max_concurrency.is_some(),
+        body.key_max_concurrency.is_some(),
+        body.rate_per_second.is_some(),
+        body.rate_burst.is_some(),
+        body.adaptive.is_some(),
+        body.adaptive_min.is_some(),
+    ];
+    if !named.contains(&true) {
+        return Err(ApiError::Validation("name at least one field to change".into()));
+    }
+    let limits = store::update_limits(&state.db, max, key_max).await?;
+    metrics::gauge!(crate::metrics::LIMIT).set(f64::from(limits.max_concurrency));
+    tracing::info!(max_concurrency = limits.max_concurrency, key_max_concurrency = ?limits.key_max_concurrency, "limits changed");
     if state.config.refill_on_callback {
         // A raised limit leaves free slots: fill them now rather than at the next tick.
         state.refill.notify_one();
     }
-    Ok(Json(Limits {
-        max_concurrency: limit.into(),
-    }))
+    Ok(Json(limits.into()))
 }
 
 /// Counts over all jobs, and the limit in force.

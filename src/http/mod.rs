@@ -10,6 +10,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod jobs;
+pub mod keys;
 pub mod limits;
 mod middleware;
 
@@ -67,6 +68,7 @@ use crate::{http::error::Problem, state::AppState};
     tags(
         (name = "jobs", description = "Submit and follow jobs (API token)"),
         (name = "limits", description = "The concurrency limit and counts (API token)"),
+        (name = "keys", description = "Flow-control keys: caps and weights (API token)"),
         (name = "drain", description = "The scheduler's entry point (drain token)"),
         (name = "downstream", description = "Called by the downstream (per-job callback token)"),
         (name = "operations", description = "Probes, metrics and documentation (open)"),
@@ -226,9 +228,10 @@ enum Access {
 
 /// Every route, with who may call it: the one list that both the OpenAPI
 /// document and the router are built from.
-fn resources() -> [(Access, OpenApiRouter<AppState>); 7] {
+fn resources() -> [(Access, OpenApiRouter<AppState>); 8] {
     [
         (Access::Client, jobs::router()),
+        (Access::Client, keys::router()),
         (Access::Client, limits::router()),
         (Access::Scheduler, drain::router()),
         (Access::Downstream, callbacks::router()),

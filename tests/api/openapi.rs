@@ -182,7 +182,7 @@ async fn docs_page_works_offline() {
 }
 
 /// Every route of CONTRACT.md, and the docs page's assets.
-const CONTRACT_ROUTES: [(&str, &str); 18] = [
+const CONTRACT_ROUTES: [(&str, &str); 22] = [
     ("POST", "/jobs"),
     ("GET", "/jobs/{id}"),
     ("POST", "/jobs/batch"),
@@ -195,6 +195,10 @@ const CONTRACT_ROUTES: [(&str, &str); 18] = [
     ("GET", "/stats"),
     ("GET", "/limits"),
     ("PUT", "/limits"),
+    ("GET", "/keys"),
+    ("GET", "/keys/{key}"),
+    ("PUT", "/keys/{key}"),
+    ("DELETE", "/keys/{key}"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
@@ -326,8 +330,37 @@ fn operations_are_documented_for_generated_clients() {
         "finished_at",
         "result",
         "error",
+        "key",
+        "priority",
+        "waiting_on",
+        "not_before",
     ];
     assert_eq!(required("Job"), all(&job_fields));
+    assert_eq!(
+        required("Limits"),
+        all(&[
+            "max_concurrency",
+            "effective_concurrency",
+            "key_max_concurrency",
+            "rate_per_second",
+            "rate_burst",
+            "adaptive",
+            "adaptive_min"
+        ])
+    );
+    assert_eq!(
+        required("Key"),
+        all(&[
+            "key",
+            "max_concurrency",
+            "weight",
+            "rate_per_second",
+            "rate_burst",
+            "queued",
+            "running",
+            "oldest_queued_at"
+        ])
+    );
     assert_eq!(required("JobPage"), all(&["items", "next_cursor"]));
     assert_eq!(required("BatchItem"), all(&["status", "job", "problem"]));
     assert_eq!(required("JobEvent"), all(&["at", "from", "to", "attempt", "reason"]));

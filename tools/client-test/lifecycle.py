@@ -103,6 +103,7 @@ def main():
         JobPage,
         JobStatus,
         Limits,
+        LimitsChange,
         Problem,
         Stats,
         StopReason,
@@ -205,10 +206,11 @@ def main():
 
     step("limits")
     check(expect(get_limits.sync_detailed(client=api), 200, Limits).max_concurrency >= 1, "a positive limit")
-    changed = expect(set_limits.sync_detailed(client=api, body=Limits(max_concurrency=5)), 200, Limits)
+    changed = expect(set_limits.sync_detailed(client=api, body=LimitsChange(max_concurrency=5)), 200, Limits)
     check(changed.max_concurrency == 5, f"set {changed}")
     check(get_limits.sync(client=api).max_concurrency == 5, "the new limit is in force")
-    out_of_range = expect(set_limits.sync_detailed(client=api, body=Limits(max_concurrency=-1)), 422, Problem)
+    check(changed.effective_concurrency == 5 and changed.adaptive is False, f"v2 fields {changed}")
+    out_of_range = expect(set_limits.sync_detailed(client=api, body=LimitsChange(max_concurrency=-1)), 422, Problem)
     check(out_of_range.status == 422, f"problem {out_of_range}")
 
     step("stats")

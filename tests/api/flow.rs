@@ -1,0 +1,277 @@
+//! Flow control (contract, "Flow control (version 2)"): keys, priority,
+//! exact per-key caps, `waiting_on`, `/keys` and the v2 `/limits`.
+
+use std::{collections::HashMap, time::Duration};
+
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+fn id_of(job: &Value) -> String {
+    job["id"].as_str().unwrap().to_owned()
+}
+
+async fn put(app: &TestApp, path: &str, body: Value) -> reqwest::Response {
+    app.http
+        .put(app.url(path))
+        .bearer_auth(API_TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn key_and_priority_are_stored_returned_filtered_and_validated() {
+    let app = app().spawn().await;
+    let plain = app.submit(json!(1)).await;
+    assert_eq!(
+        (plain["key"].as_str(), plain["priority"].as_i64()),
+        (Some("default"), Some(0))
+    );
+    assert_eq!(plain["waiting_on"], "queue");
+    assert!(plain["not_before"].is_null());
+    let r = app
+        .post_job(json!({"payload": 2, "key": "tenant-a", "priority": -30}))
+        .await;
+    assert_eq!(r.status(), 202);
+    let a = r.json::<Value>().await.unwrap();
+    assert_eq!(
+        (a["key"].as_str(), a["priority"].as_i64()),
+        (Some("tenant-a"), Some(-30))
+    );
+    let batch = app
+        .submit_batch(vec![
+            json!({"payload": 3, "key": "tenant-b", "priority": 3600}),
+            json!({"payload": 4, "key": "has space"}),
+            json!({"payload": 5, "priority": 3601}),
+        ])
+        .await;
+    assert_eq!(batch["items"][0]["status"], 202);
+    assert_eq!(batch["items"][0]["job"]["key"], "tenant-b");
+    assert_eq!(batch["items"][1]["status"], 422);
+    assert_eq!(batch["items"][2]["status"], 422);
+    for bad in [json!(""), json!("x".repeat(129)), json!("é"), json!(7)] {
+        let r = app.post_job(json!({"payload": 1, "key": bad})).await;
+        assert_problem(r, 422).await;
+    }
+    for bad in [json!(-3601), json!(1.5), json!("0")] {
+        let r = app.post_job(json!({"payload": 1, "priority": bad})).await;
+        assert_problem(r, 422).await;
+    }
+    assert_eq!(app.job_count().await, 3, "bad submissions stored nothing");
+    let page: Value = app.get("/jobs?key=tenant-a").await.json().await.unwrap();
+    let ids: Vec<String> = page["items"].as_array().unwrap().iter().map(id_of).collect();
+    assert_eq!(ids, vec![id_of(&a)]);
+    assert_problem(app.get("/jobs?key=has%20space").await, 400).await;
+}
+
+#[tokio::test]
+async fn an_idempotent_repeat_must_name_the_same_key_and_priority() {
+    let app = app().spawn().await;
+    let send = |body: Value| {
+        app.http
+            .post(app.url("/jobs"))
+            .bearer_auth(API_TOKEN)
+            .header("Idempotency-Key", "k-1")
+            .json(&body)
+            .send()
+    };
+    assert_eq!(send(json!({"payload": 1, "key": "a"})).await.unwrap().status(), 202);
+    assert_eq!(send(json!({"payload": 1, "key": "a"})).await.unwrap().status(), 200);
+    assert_problem(send(json!({"payload": 1, "key": "b"})).await.unwrap(), 422).await;
+    assert_problem(
+        send(json!({"payload": 1, "key": "a", "priority": 5})).await.unwrap(),
+        422,
+    )
+    .await;
+}
+
+/// How many submissions the downstream got per key (the payloads name it).
+fn per_key(ds: &Downstream) -> HashMap<String, usize> {
+    ds.seen().iter().fold(HashMap::new(), |mut m, s| {
+        *m.entry(s.body["payload"]["k"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+        m
+    })
+}
+
+#[tokio::test]
+async fn a_key_never_holds_more_than_its_cap_and_never_blocks_the_others() {
+    let ds = Downstream::start(|_| Reply::status(202)).await;
+    let app = app().downstream(&ds.url).spawn().await;
+    assert_eq!(
+        put(&app, "/keys/tenant-a", json!({"max_concurrency": 2}))
+            .await
+            .status(),
+        200
+    );
+    let jobs: Vec<Value> = (0..6)
+        .map(|i| json!({"payload": {"k": "tenant-a", "i": i}, "key": "tenant-a"}))
+        .chain((0..3).map(|i| json!({"payload": {"k": "tenant-b", "i": i}, "key": "tenant-b"})))
+        .collect();
+    app.submit_batch(jobs).await;
+    for _ in 0..3 {
+        app.drain().await;
+    }
+    let held = per_key(&ds);
+    assert_eq!(held.get("tenant-a").copied(), Some(2), "{held:?}");
+    assert_eq!(held.get("tenant-b").copied(), Some(3), "{held:?}");
+    let key: Value = app.get("/keys/tenant-a").await.json().await.unwrap();
+    assert_eq!((key["running"].as_i64(), key["queued"].as_i64()), (Some(2), Some(4)));
+    assert_eq!(key["max_concurrency"], 2);
+    let waiting: Value = app.get("/jobs?key=tenant-a&status=queued").await.json().await.unwrap();
+    assert!(
+        waiting["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|j| j["waiting_on"] == "key_limit"),
+        "{waiting}"
+    );
+    // Cap 0 pauses the key; removing its settings lifts the cap.
+    assert_eq!(
+        put(&app, "/keys/tenant-a", json!({"max_concurrency": 0}))
+            .await
+            .status(),
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    app.drain().await;
+    assert_eq!(ds.seen().len(), 5);
+    let r = app
+        .http
+        .delete(app.url("/keys/tenant-a"))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert!(
+        eventually(Duration::from_secs(6), || async {
+            app.drain().await;
+            ds.seen().len() == 9
+        })
+        .await
+    );
+    // A global cap for keys without their own.
+    let limits: Value = put(&app, "/limits", json!({"key_max_concurrency": 1}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(limits["key_max_concurrency"], 1);
+    assert_eq!(limits["max_concurrency"], 10, "fields not named keep their value");
+}
+
+#[tokio::test]
+async fn waiting_on_says_why_a_queued_job_waits() {
+    let ds = Downstream::start(|_| Reply::status(202)).await;
+    let app = app()
+        .downstream(&ds.url)
+        .config(|c| c.max_concurrency = 1)
+        .spawn()
+        .await;
+    let a = id_of(&app.submit(json!(1)).await);
+    let b = id_of(&app.submit(json!(2)).await);
+    app.drain().await;
+    let job = app.job(&a).await;
+    assert!(job["waiting_on"].is_null() && job["not_before"].is_null(), "{job}");
+    assert_eq!(app.job(&b).await["waiting_on"], "global_limit");
+    app.set_limit(0).await;
+    assert_eq!(app.job(&b).await["waiting_on"], "paused");
+    app.set_limit(5).await;
+    sqlx::query("UPDATE gate SET busy_until = now() + interval '30 seconds'")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let job = app.job(&b).await;
+    assert_eq!(job["waiting_on"], "downstream_busy");
+    assert!(job["not_before"].is_string());
+    sqlx::query("UPDATE gate SET busy_until = NULL")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE jobs SET available_at = now() + interval '1 minute' WHERE id = $1::uuid")
+        .bind(&b)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let job = app.job(&b).await;
+    assert_eq!(job["waiting_on"], "retry_backoff");
+    assert!(job["not_before"].is_string());
+}
+
+#[tokio::test]
+async fn keys_and_limits_endpoints_follow_the_contract() {
+    let app = app().spawn().await;
+    assert_problem(app.get("/keys/nobody").await, 404).await;
+    let key: Value = put(&app, "/keys/tenant%2Fa", json!({"weight": 3}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        key,
+        json!({"key": "tenant/a", "max_concurrency": null, "weight": 3.0, "rate_per_second": null,
+               "rate_burst": null, "queued": 0, "running": 0, "oldest_queued_at": null})
+    );
+    for bad in [
+        json!({}),
+        json!({"weight": 0}),
+        json!({"weight": 101}),
+        json!({"max_concurrency": -1}),
+        json!({"colour": "red"}),
+        json!({"rate_per_second": 5}),
+    ] {
+        assert_problem(put(&app, "/keys/tenant%2Fa", bad).await, 422).await;
+    }
+    let key: Value = app.get("/keys/tenant%2Fa").await.json().await.unwrap();
+    assert_eq!(key["weight"], 3.0, "refused changes changed nothing");
+    app.post_job(json!({"payload": 1, "key": "tenant-b"})).await;
+    let page: Value = app.get("/keys?limit=1").await.json().await.unwrap();
+    assert_eq!(page["items"][0]["key"], "tenant-b");
+    let cursor = page["next_cursor"].as_str().unwrap().to_owned();
+    let page: Value = app
+        .get(&format!("/keys?limit=1&cursor={cursor}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["items"][0]["key"], "tenant/a");
+    assert!(page["next_cursor"].is_null());
+
+    let limits: Value = app.get("/limits").await.json().await.unwrap();
+    assert_eq!(
+        limits,
+        json!({"max_concurrency": 10, "effective_concurrency": 10, "key_max_concurrency": null,
+               "rate_per_second": null, "rate_burst": null, "adaptive": false, "adaptive_min": 1})
+    );
+    for bad in [
+        json!({}),
+        json!({"max_concurrency": null}),
+        json!({"effective_concurrency": 3}),
+        json!({"key_max_concurrency": -2}),
+        json!({"adaptive": true}),
+    ] {
+        assert_problem(put(&app, "/limits", bad).await, 422).await;
+    }
+    let limits: Value = put(&app, "/limits", json!({"key_max_concurrency": 4}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            limits["max_concurrency"].as_i64(),
+            limits["key_max_concurrency"].as_i64()
+        ),
+        (Some(10), Some(4))
+    );
+    let limits: Value = put(&app, "/limits", json!({"key_max_concurrency": null}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(limits["key_max_concurrency"].is_null());
+}
