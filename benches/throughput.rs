@@ -511,6 +511,7 @@ fn config(database_url: &str, queue_url: &str, downstream_url: &str) -> Config {
         enqueue_timeout_secs: 15,
         orphan_message_grace_secs: 120,
         requeue_after_secs: None,
+        job_retention_secs: 7 * 24 * 3600,
         allow_weak_secrets: false,
     }
 }

@@ -14,6 +14,10 @@ use crate::{state::AppState, store};
 const REQUEUE_SWEEP: Duration = Duration::from_secs(60);
 /// How often the gauges are refreshed and the count deltas folded.
 const SAMPLE_INTERVAL: Duration = Duration::from_secs(10);
+/// How often finished jobs past `JOB_RETENTION_SECS` are pruned.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+/// Jobs deleted per transaction by the pruner (short locks).
+pub const PRUNE_BATCH: i64 = 500;
 /// Pause after a background drain failed (Postgres or SQS down).
 const DRAIN_RETRY_PAUSE: Duration = Duration::from_secs(1);
 
@@ -29,6 +33,10 @@ pub fn spawn(state: &AppState) -> TaskTracker {
     tracker.spawn(async move { sample_loop(s).await });
     let s = state.clone();
     tracker.spawn(async move { requeue_loop(s).await });
+    if state.config.job_retention_secs > 0 {
+        let s = state.clone();
+        tracker.spawn(async move { prune_loop(s).await });
+    }
     tracker
 }
 
@@ -122,6 +130,35 @@ async fn sample_loop(state: AppState) {
         crate::metrics::sample(&state).await;
         if let Err(e) = store::compact_counts(&state.db).await {
             tracing::warn!(error = %e, "compacting job counts failed");
+        }
+    }
+}
+
+/// Deletes finished jobs older than `JOB_RETENTION_SECS`, in small batches.
+async fn prune_loop(state: AppState) {
+    let mut t = tokio::time::interval(PRUNE_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = t.tick() => {}
+        }
+        match prune(&state).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(pruned = n, "deleted finished jobs past their retention"),
+            Err(e) => tracing::warn!(error = %e, "pruning finished jobs failed"),
+        }
+    }
+}
+
+/// One pruning pass: batches until one comes back short (or shutdown).
+pub async fn prune(state: &AppState) -> sqlx::Result<u64> {
+    let older_than = state.config.job_retention_secs as f64;
+    let mut total = 0;
+    loop {
+        let n = store::prune_finished(&state.db, older_than, PRUNE_BATCH).await?;
+        total += n;
+        if (n as i64) < PRUNE_BATCH || state.shutdown.is_cancelled() {
+            return Ok(total);
         }
     }
 }

@@ -210,6 +210,12 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(60..=1_209_600))]
     pub requeue_after_secs: Option<u64>,
 
+    /// Finished jobs (and their history) are deleted this many seconds after
+    /// they finished; 0 keeps everything.
+    #[arg(long, env = "JOB_RETENTION_SECS", value_name = "JOB_RETENTION_SECS", default_value_t = 7 * 24 * 3600,
+          value_parser = clap::value_parser!(u64).range(0..=10 * 366 * 24 * 3600))]
+    pub job_retention_secs: u64,
+
     /// Development only: accept short tokens and secrets (warns at every start).
     #[arg(long, env = "SLUICEGATE_ALLOW_WEAK_SECRETS", value_name = "SLUICEGATE_ALLOW_WEAK_SECRETS",
           default_value_t = false, action = clap::ArgAction::Set,
@@ -392,6 +398,7 @@ mod tests {
         assert!(c.refill_on_callback);
         assert_eq!(c.drain_interval_secs, None);
         assert_eq!(c.max_body_bytes, 262_144);
+        assert_eq!(c.job_retention_secs, 7 * 24 * 3600);
         assert_eq!(c.write_timeout_secs, 30);
         assert_eq!(c.public_base_url(), "http://127.0.0.1:8080");
         assert!(c.validate().unwrap().is_empty());

@@ -950,6 +950,26 @@ pub async fn mark_enqueued(ex: impl PgExecutor<'_>, ids: &[Uuid]) -> sqlx::Resul
     Ok(())
 }
 
+/// Deletes up to `batch` jobs that finished before `now - older_than_secs`
+/// (their events go with them), oldest first, skipping rows another
+/// transaction holds. Returns how many went. Small batches keep the locks
+/// short; the caller loops while a batch comes back full.
+pub async fn prune_finished(ex: impl PgExecutor<'_>, older_than_secs: f64, batch: i64) -> sqlx::Result<u64> {
+    Ok(sqlx::query!(
+        "DELETE FROM jobs WHERE id IN (
+           SELECT id FROM jobs
+           WHERE finished_at IS NOT NULL AND finished_at < now() - make_interval(secs => $1)
+             AND status = ANY(terminal_statuses())
+           ORDER BY finished_at LIMIT $2
+           FOR UPDATE SKIP LOCKED)",
+        older_than_secs,
+        batch
+    )
+    .execute(ex)
+    .await?
+    .rows_affected())
+}
+
 /// Jobs per status counted from the rows (for checks and tests; `counts` is
 /// the fast path).
 pub async fn count_rows(ex: impl PgExecutor<'_>) -> sqlx::Result<Vec<(JobStatus, i64)>> {

@@ -239,3 +239,39 @@ async fn a_page_is_bounded_in_bytes_and_paging_returns_every_job_once() {
     // 20 jobs of 200 KB fit in 4 MiB, 21 do not; the large job is alone.
     assert_eq!(sizes, [20, 10, 1]);
 }
+
+#[tokio::test]
+async fn finished_jobs_past_their_retention_are_pruned_with_their_history() {
+    let app = app().config(|c| c.job_retention_secs = 60).spawn().await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(app.submit(json!(i)).await["id"].as_str().unwrap().to_owned());
+    }
+    for id in &ids[..2] {
+        let r = app
+            .http
+            .post(app.url(&format!("/jobs/{id}/cancel")))
+            .bearer_auth(API_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    // One finished two minutes ago, one just now, one still queued.
+    sqlx::query("UPDATE jobs SET finished_at = now() - interval '2 minutes' WHERE id = $1::uuid")
+        .bind(&ids[0])
+        .execute(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(sluicegate::background::prune(&app.state).await.unwrap(), 1);
+    assert_problem(app.get(&format!("/jobs/{}", ids[0])).await, 404).await;
+    assert_problem(app.get(&format!("/jobs/{}/events", ids[0])).await, 404).await;
+    assert_eq!(app.status_of(&ids[1]).await, "cancelled");
+    assert_eq!(app.status_of(&ids[2]).await, "queued");
+    let stats: Value = app.get("/stats").await.json().await.unwrap();
+    assert_eq!(
+        (stats["cancelled"].as_i64(), stats["queued"].as_i64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(sluicegate::background::prune(&app.state).await.unwrap(), 0);
+}
