@@ -27,7 +27,7 @@ use axum::{
     extract::State,
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::post,
+    routing::{MethodRouter, post},
 };
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::{Value, json};
@@ -260,7 +260,12 @@ impl FakeDownstream {
 
     /// `POST /` takes the submissions.
     pub fn router(&self) -> Router {
-        Router::new().route("/", post(submit)).with_state(self.clone())
+        Router::new().route("/", self.handler())
+    }
+
+    /// The submission handler (`POST`), to mount in a router of one's own.
+    pub fn handler<S: Clone + Send + Sync + 'static>(&self) -> MethodRouter<S> {
+        post(submit).with_state(self.clone())
     }
 
     /// Serves [`FakeDownstream::router`] on a free port of 127.0.0.1.
