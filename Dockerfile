@@ -17,12 +17,16 @@ ENV SQLX_OFFLINE=true
 # Dependencies first, in a layer of their own: it is rebuilt only when
 # Cargo.toml or Cargo.lock change. Stub sources stand in for the crate (the
 # manifest also names a bench target, whose stub is all the build needs).
+# The repository is a workspace: cargo reads the manifest of its other member,
+# the test kit, whose stub library is never built (a release build of the
+# root package does not compile dev-dependencies).
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src benches \
+COPY testkit/Cargo.toml ./testkit/
+RUN mkdir -p src benches testkit/src \
  && echo 'fn main() {}' > src/main.rs \
- && touch src/lib.rs \
+ && touch src/lib.rs testkit/src/lib.rs \
  && echo 'fn main() {}' > benches/throughput.rs \
- && cargo build --release --locked \
+ && cargo build --release --locked -p sluicegate \
  && rm -rf src
 # Then the crate itself. The build context is cut down by .dockerignore; the
 # migrations are embedded in the binary (sqlx::migrate!), .sqlx/ holds the
@@ -32,7 +36,7 @@ COPY migrations ./migrations
 COPY .sqlx* ./.sqlx/
 # touch: the stub build left newer artifacts than the copied sources' times.
 RUN touch src/main.rs src/lib.rs \
- && cargo build --release --locked \
+ && cargo build --release --locked -p sluicegate \
  && install -D -m 0755 target/release/sluicegate /out/sluicegate
 
 # ---------------------------------------------------------------- run

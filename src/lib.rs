@@ -13,6 +13,7 @@ pub mod domain;
 pub mod downstream;
 pub mod drain;
 pub mod enqueue;
+pub mod fake_downstream;
 pub mod healthcheck;
 pub mod http;
 pub mod lifecycle;

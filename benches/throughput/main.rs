@@ -1,0 +1,441 @@
+//! Performance and memory benchmarks. Writes `bench/REPORT.md`.
+//!
+//! Run it with `scripts/bench` (it installs the tools, starts the local-aws-sqs
+//! emulator, checks Postgres and builds the release binary first), or by hand:
+//!
+//! ```sh
+//! cargo bench --bench throughput
+//! ```
+//!
+//! (by hand it starts local-aws-sqs itself, through the test kit's
+//! `SqsEmulator`, unless `SLUICEGATE_BENCH_SQS_ENDPOINT` names a running one).
+//!
+//! Like the integration tests, it stands on the test kit (`testkit/`): a fresh
+//! Postgres database and SQS queue per run, the fake downstream on port 0
+//! and the real application (in this process for a–c; the release binary as
+//! a subprocess for the memory benchmark d). Every number is measured over
+//! several runs and reported as median, min and max. One file per scenario
+//! (`enqueue`, `dispatch`, `utilisation`, `memory`: the run, its section of
+//! the report and its paragraph of the interpretation); `load` holds what
+//! they share, `stats` and `cpu` the arithmetic and the CPU accounting,
+//! `machine` the facts the report opens with.
+//!
+//! Knobs (environment, all optional): `SLUICEGATE_BENCH_RUNS` (5),
+//! `SLUICEGATE_BENCH_ENQUEUE_SECS` (3), `SLUICEGATE_BENCH_DISPATCH_JOBS`
+//! (2000), `SLUICEGATE_BENCH_UTIL_JOBS` (500), `SLUICEGATE_BENCH_MEM_JOBS`
+//! (20000), `SLUICEGATE_BENCH_MEM_RUNS` (3), `SLUICEGATE_BENCH_POOL`
+//! (`DATABASE_POOL_SIZE` of the in-process service, 20),
+//! `SLUICEGATE_BENCH_ONLY` (which benchmarks, `abcd`), `SLUICEGATE_BENCH_BIN`
+//! (the release binary; default `<target dir>/release/sluicegate`),
+//! `SLUICEGATE_BENCH_SQS_ENDPOINT` (a running SQS emulator; default: start
+//! one), `SLUICEGATE_BENCH_SQS_PID` (that emulator's pid, for CPU
+//! accounting), `TEST_DATABASE_URL` (default
+//! postgres://postgres@127.0.0.1:5432/postgres).
+
+mod cpu;
+mod dispatch;
+mod enqueue;
+mod load;
+mod machine;
+mod memory;
+mod stats;
+mod utilisation;
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::{Duration, Instant},
+};
+
+use futures::future::join_all;
+use sluicegate_testkit::{Emulator, SqsEmulator, drop_stale_databases};
+
+use crate::{
+    cpu::CpuMeter,
+    dispatch::DispatchRun,
+    enqueue::EnqueueRun,
+    machine::{machine_facts, reproduce_command},
+    memory::MemRun,
+    stats::{Summary, row},
+    utilisation::UtilRun,
+};
+
+const BATCH: usize = 500;
+/// Pool size of the instances of benchmark c.
+const UTIL_POOL: u32 = 8;
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs bench
+    // targets without it: do nothing then (this is not a test).
+    if !std::env::args().any(|a| a == "--bench") {
+        eprintln!("benches/throughput: not run outside `cargo bench` (see scripts/bench)");
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    rt.block_on(run());
+}
+
+// ------------------------------------------------------------- settings
+
+// ------------------------------------------------------------- settings
+
+pub struct Settings {
+    pub runs: usize,
+    pub enqueue_secs: f64,
+    pub single_clients: usize,
+    pub batch_clients: usize,
+    pub dispatch_jobs: usize,
+    pub dispatch_limit: u32,
+    pub dispatch_work: Duration,
+    pub util_jobs: usize,
+    pub util_limit: u32,
+    pub util_tick: Duration,
+    pub util_work_ms: (u64, u64),
+    pub mem_jobs: usize,
+    pub mem_runs: usize,
+    pub mem_limit: u32,
+    pub pool: u32,
+    /// Which benchmarks to run (a, b, c, d).
+    pub only: String,
+    /// Knobs set in the environment, for the reproduce command.
+    pub overrides: Vec<String>,
+}
+
+fn knob<T: FromStr>(name: &str, default: T, overrides: &mut Vec<String>) -> T {
+    match std::env::var(name) {
+        Ok(v) => {
+            let parsed = v
+                .parse()
+                .unwrap_or_else(|_| panic!("{name}={v:?} is not a valid value"));
+            overrides.push(format!("{name}={v}"));
+            parsed
+        }
+        Err(_) => default,
+    }
+}
+
+impl Settings {
+    fn from_env() -> Self {
+        let mut o = Vec::new();
+        let runs = knob("SLUICEGATE_BENCH_RUNS", 5usize, &mut o).max(1);
+        let enqueue_secs = knob("SLUICEGATE_BENCH_ENQUEUE_SECS", 3.0f64, &mut o);
+        let dispatch_jobs = knob("SLUICEGATE_BENCH_DISPATCH_JOBS", 2000usize, &mut o);
+        let util_jobs = knob("SLUICEGATE_BENCH_UTIL_JOBS", 500usize, &mut o);
+        let mem_jobs = knob("SLUICEGATE_BENCH_MEM_JOBS", 20_000usize, &mut o);
+        let mem_runs = knob("SLUICEGATE_BENCH_MEM_RUNS", 3usize, &mut o).max(1);
+        let pool = knob("SLUICEGATE_BENCH_POOL", 20u32, &mut o);
+        let only = knob("SLUICEGATE_BENCH_ONLY", "abcd".to_owned(), &mut o);
+        Self {
+            runs,
+            enqueue_secs,
+            single_clients: 32,
+            batch_clients: 4,
+            dispatch_jobs,
+            dispatch_limit: 50,
+            dispatch_work: Duration::from_millis(10),
+            util_jobs,
+            util_limit: 10,
+            util_tick: Duration::from_secs(2),
+            util_work_ms: (200, 600),
+            mem_jobs,
+            mem_runs,
+            mem_limit: 100,
+            pool,
+            only,
+            overrides: o,
+        }
+    }
+}
+
+// ------------------------------------------------------------- infrastructure
+
+/// What every scenario uses: the SQS emulator, an HTTP client for the load,
+/// the CPU meter.
+pub struct Infra {
+    pub sqs_endpoint: String,
+    pub http: reqwest::Client,
+    pub cpu: CpuMeter,
+    /// The emulator this process started (none if it was given one).
+    _emulator: Option<SqsEmulator>,
+}
+
+impl Infra {
+    async fn new() -> Self {
+        // Databases left behind by interrupted earlier runs (named after the
+        // pid of the run that made them; another may be running).
+        drop_stale_databases().await;
+        let (sqs_endpoint, emulator) = match std::env::var("SLUICEGATE_BENCH_SQS_ENDPOINT") {
+            Ok(endpoint) => (endpoint, None),
+            Err(_) => {
+                let emulator = SqsEmulator::start(Path::new(env!("CARGO_MANIFEST_DIR")), Emulator::Local).expect(
+                    "start local-aws-sqs (run scripts/install-tools, or set SLUICEGATE_BENCH_SQS_ENDPOINT to a \
+                     running emulator)",
+                );
+                eprintln!("SQS emulator: {} (pid {})", emulator.endpoint, emulator.pid);
+                (emulator.endpoint.clone(), Some(emulator))
+            }
+        };
+        let emulator_pid = std::env::var("SLUICEGATE_BENCH_SQS_PID")
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+            .or(emulator.as_ref().map(|e| e.pid));
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("an HTTP client");
+        Self {
+            sqs_endpoint,
+            http,
+            cpu: CpuMeter::new(emulator_pid),
+            _emulator: emulator,
+        }
+    }
+}
+
+// ------------------------------------------------------------- the run
+
+async fn run() {
+    let s = Settings::from_env();
+    let infra = Infra::new().await;
+    let started = Instant::now();
+    let mut conn = load::admin().await;
+    let mut pg_version = String::new();
+    for (i, setting) in [
+        "server_version",
+        "synchronous_commit",
+        "fsync",
+        "shared_buffers",
+        "max_connections",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let v: String = sqlx::query_scalar(&format!("SHOW {setting}"))
+            .fetch_one(&mut conn)
+            .await
+            .unwrap_or_default();
+        if i == 0 {
+            pg_version = v;
+        } else {
+            let _ = write!(pg_version, "; {setting}={v}");
+        }
+    }
+    drop(conn);
+    let facts = machine_facts(&pg_version);
+    let binary = memory::release_binary();
+
+    let runs = |which: char| if s.only.contains(which) { s.runs } else { 0 };
+    eprintln!("a. enqueue: {} runs", runs('a'));
+    let mut enq = Vec::new();
+    for i in 0..runs('a') {
+        let r = enqueue::enqueue_run(&infra, &s).await;
+        eprintln!(
+            "   run {}: single {:.0} req/s (p50 {:.1} ms, p99 {:.1} ms), batch {:.0} jobs/s",
+            i + 1,
+            r.single_rps,
+            r.single_p50,
+            r.single_p99,
+            r.batch_jobs_per_s
+        );
+        enq.push(r);
+    }
+
+    eprintln!("b. dispatch: {} runs of {} jobs", runs('b'), s.dispatch_jobs);
+    let mut dis = Vec::new();
+    for i in 0..runs('b') {
+        let r = dispatch::dispatch_run(&infra, &s).await;
+        eprintln!(
+            "   run {}: {:.0} jobs/s, {:.2} SQS requests/job, {:.2} drains/job, max held {}",
+            i + 1,
+            r.jobs_per_s,
+            r.sqs_per_job,
+            r.drains_per_job,
+            r.max_held
+        );
+        dis.push(r);
+    }
+
+    // The naive policy is bound by its ticks (~limit jobs per tick), not by
+    // CPU: its runs go on concurrently with each other and with the
+    // sluicegate runs, which run one after another.
+    eprintln!(
+        "c. utilisation: {} runs of each policy, {} jobs",
+        runs('c'),
+        s.util_jobs
+    );
+    let naive = {
+        let infra = &infra;
+        let s = &s;
+        join_all((0..runs('c')).map(|i| async move {
+            tokio::time::sleep(Duration::from_millis(300 * i as u64)).await;
+            utilisation::utilisation_run(infra, s, false, 1000 + i as u64).await
+        }))
+    };
+    let sluice = async {
+        let mut out = Vec::new();
+        for i in 0..runs('c') {
+            let r = utilisation::utilisation_run(&infra, &s, true, 1000 + i as u64).await;
+            eprintln!(
+                "   sluicegate run {}: utilisation {:.3}, makespan {:.1} s, max held {}",
+                i + 1,
+                r.utilisation,
+                r.makespan_s,
+                r.max_held
+            );
+            out.push(r);
+        }
+        out
+    };
+    let (naive, sluice) = tokio::join!(naive, sluice);
+    for (i, r) in naive.iter().enumerate() {
+        eprintln!(
+            "   naive run {}: utilisation {:.3}, makespan {:.1} s, max held {}",
+            i + 1,
+            r.utilisation,
+            r.makespan_s,
+            r.max_held
+        );
+    }
+
+    let mut mem = Vec::new();
+    if let (Some((bin, _)), true) = (&binary, s.only.contains('d')) {
+        eprintln!(
+            "d. memory: {} runs of {} jobs ({})",
+            s.mem_runs,
+            s.mem_jobs,
+            bin.display()
+        );
+        for i in 0..s.mem_runs {
+            let r = memory::memory_run(&infra, &s, bin, i).await;
+            eprintln!(
+                "   run {}: VmHWM idle {:.1} MiB, after enqueue {:.1} MiB, after drain {:.1} MiB",
+                i + 1,
+                r.hwm_idle_mib,
+                r.hwm_enqueued_mib,
+                r.hwm_drained_mib
+            );
+            mem.push(r);
+        }
+    } else {
+        eprintln!("d. memory: skipped, no release binary (scripts/bench builds it)");
+    }
+
+    let mut facts = facts;
+    facts.push((
+        "load average at the end (1/5/15 min)",
+        std::fs::read_to_string("/proc/loadavg")
+            .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default(),
+    ));
+    let report = render(
+        &s,
+        &facts,
+        &enq,
+        &dis,
+        &sluice,
+        &naive,
+        &mem,
+        binary.as_ref(),
+        started.elapsed(),
+    );
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench").join("REPORT.md");
+    std::fs::create_dir_all(path.parent().expect("a parent")).expect("create bench/");
+    std::fs::write(&path, report).expect("write the report");
+    eprintln!("wrote {} in {:.0} s", path.display(), started.elapsed().as_secs_f64());
+}
+
+/// Named summaries, for the interpretation.
+type Facts = BTreeMap<&'static str, Summary>;
+
+/// Writes a table row and remembers its summary under `key`.
+fn keep(k: &mut Facts, key: &'static str, out: &mut String, metric: &str, xs: &[f64], decimals: usize) {
+    k.insert(key, row(out, metric, xs, decimals));
+}
+
+fn med(k: &Facts, key: &str) -> f64 {
+    k.get(key).map_or(f64::NAN, |s| s.median)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn render(
+    s: &Settings,
+    facts: &[(&str, String)],
+    enq: &[EnqueueRun],
+    dis: &[DispatchRun],
+    sluice: &[UtilRun],
+    naive: &[UtilRun],
+    mem: &[MemRun],
+    binary: Option<&(PathBuf, bool)>,
+    took: Duration,
+) -> String {
+    let mut o = String::new();
+    let mut k = Facts::new();
+    let _ = writeln!(o, "# sluicegate benchmarks\n");
+    let _ = writeln!(
+        o,
+        "Written by `benches/throughput/` (`cargo bench --bench throughput`, `harness = false`) in {:.0} s. \
+         Every figure is the median of {} runs (memory: {}) with the minimum and maximum. The machine is shared \
+         with other engineers' builds and tests, so absolute numbers are noisy; the ratios are the robust part. \
+         The CPU rows say where the time went during the measured interval, in cores (CPU-seconds per second); \
+         \"all postgres processes\" and \"whole machine\" include other users of the same machine.\n",
+        took.as_secs_f64(),
+        s.runs,
+        s.mem_runs
+    );
+    let _ = writeln!(o, "## Machine\n\n| | |\n| --- | --- |");
+    for (key, v) in facts {
+        let _ = writeln!(o, "| {key} | {v} |");
+    }
+    let _ = writeln!(
+        o,
+        "\n## Reproduce\n\n```sh\n{}\n```\n\n`scripts/bench` installs the tools, starts local-aws-sqs (and stops it on \
+         exit), checks Postgres, builds the release binary and runs `cargo bench --locked --bench throughput`. \
+         Knobs: `SLUICEGATE_BENCH_RUNS`, `SLUICEGATE_BENCH_ENQUEUE_SECS`, `SLUICEGATE_BENCH_DISPATCH_JOBS`, \
+         `SLUICEGATE_BENCH_UTIL_JOBS`, `SLUICEGATE_BENCH_MEM_JOBS`, `SLUICEGATE_BENCH_MEM_RUNS`, \
+         `SLUICEGATE_BENCH_POOL`, `SLUICEGATE_BENCH_ONLY` (see the top of `benches/throughput/main.rs`).\n",
+        reproduce_command(s)
+    );
+
+    enqueue::section(&mut o, &mut k, s, enq);
+    dispatch::section(&mut o, &mut k, s, dis);
+    utilisation::section(&mut o, &mut k, s, sluice, naive);
+    let limit_ok = dis.iter().all(|r| r.max_held <= i64::from(s.dispatch_limit))
+        && sluice
+            .iter()
+            .chain(naive)
+            .all(|r| r.max_held <= i64::from(s.util_limit))
+        && mem.iter().all(|r| r.max_held <= i64::from(s.mem_limit));
+    let _ = writeln!(
+        o,
+        "\nThe downstream's own count never exceeded the limit in any run of b, c and d: **{}**.",
+        if limit_ok {
+            "yes"
+        } else {
+            "NO — the limit was exceeded"
+        }
+    );
+
+    memory::section(&mut o, &mut k, s, mem, binary);
+
+    let _ = writeln!(o, "\n## Interpretation\n\n{}", interpretation(&k, s));
+    o
+}
+
+fn interpretation(k: &Facts, s: &Settings) -> String {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut p = format!(
+        "Everything runs on one {cores}-core machine — service, Postgres, the Node SQS emulator and the load \
+         generator, next to other engineers' builds — so the absolute numbers are CPU-bound on a shared box. "
+    );
+    enqueue::interpretation(&mut p, k, s, cores);
+    dispatch::interpretation(&mut p, k, s);
+    utilisation::interpretation(&mut p, k, s);
+    memory::interpretation(&mut p, k, s);
+    p.trim_end().to_owned()
+}
