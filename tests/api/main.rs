@@ -7,6 +7,7 @@ mod bad_input;
 mod callbacks;
 mod drain;
 mod enqueue;
+mod faults;
 mod generated_client;
 mod health;
 mod healthcheck;
