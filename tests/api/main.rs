@@ -18,6 +18,7 @@ mod lifecycle;
 mod limits;
 mod metrics;
 mod openapi;
+mod pg_cluster;
 mod process;
 mod requeue;
 mod security;

@@ -4,4 +4,6 @@
 //! the dependencies are cut, killed and restarted for real.
 
 mod common;
+mod load;
+mod pg_restart;
 mod protections;
