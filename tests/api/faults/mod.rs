@@ -7,3 +7,4 @@ mod common;
 mod load;
 mod pg_restart;
 mod protections;
+mod sqs_cut;
