@@ -4,6 +4,7 @@
 //! the dependencies are cut, killed and restarted for real.
 
 mod common;
+mod downstream;
 mod load;
 mod pg_restart;
 mod protections;
