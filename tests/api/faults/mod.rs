@@ -4,6 +4,10 @@
 //! the dependencies are cut, killed and restarted for real.
 
 mod common;
+// Needs the binary built with the crash points (`--features failpoints`,
+// which scripts/test passes).
+#[cfg(feature = "failpoints")]
+mod crash;
 mod downstream;
 mod load;
 mod pg_restart;
