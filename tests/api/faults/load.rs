@@ -183,7 +183,9 @@ pub fn p99(latencies: &mut [Duration]) -> Duration {
 /// Waits until every job in `ids` is terminal or queued with an SQS message,
 /// draining meanwhile; returns the ones that are neither.
 pub async fn settle(app: &TestApp, db: &sqlx::PgPool, ids: &[String], timeout: Duration) -> Vec<(String, String)> {
-    let deadline = Instant::now() + timeout;
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let mut first = true;
     loop {
         let rows: Vec<(String, String)> = sqlx::query_as(
             "SELECT id::text, status::text FROM jobs WHERE id = ANY($1::uuid[])
@@ -201,6 +203,16 @@ pub async fn settle(app: &TestApp, db: &sqlx::PgPool, ids: &[String], timeout: D
         .await
         .unwrap();
         assert_eq!(missing, 0, "a job that got 202 is not in Postgres");
+        if first || rows.is_empty() {
+            let queued = rows.iter().filter(|(_, s)| s == "queued").count();
+            eprintln!(
+                "settle: after {:?}, {} of {} jobs not finished ({queued} queued)",
+                started.elapsed(),
+                rows.len(),
+                ids.len()
+            );
+            first = false;
+        }
         if rows.is_empty() {
             return rows;
         }

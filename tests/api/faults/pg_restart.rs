@@ -69,7 +69,7 @@ async fn kill_postgres_under_load() -> Outage {
         .downstream(&ds.url)
         .config(move |c| {
             c.database_url = Secret::new(&u);
-            c.max_concurrency = 4;
+            c.max_concurrency = 50;
             c.drain_budget_ms = 1500;
             c.dispatch_timeout_secs = 2;
         })
