@@ -1,8 +1,9 @@
 //! Crash at every step: the `sluicegate` binary, built with the `failpoints`
 //! feature (scripts/test enables it), is run with one crash point armed
 //! (`FAILPOINTS=<point>=return`: the `fault!` macro then aborts the process,
-//! as `kill -9` would) and driven to it. Another replica (in-process, on the
-//! same database and queue) carries on. Afterwards:
+//! as `kill -9` would) and driven to it, then restarted unarmed; it does the
+//! recovery, with another replica (in-process, on the same database and
+//! queue) receiving the downstream's callbacks. Afterwards:
 //! - every job that got a 202 ends terminal, or queued with a message;
 //! - the downstream never held more than the limit;
 //! - no attempt was submitted while an earlier one of its job was held;
@@ -97,9 +98,10 @@ async fn downstream() -> Ds {
     Ds { ds, ledger, calls_back }
 }
 
-/// Starts the binary with `point` armed; returns it and its base URL. Its
-/// callback URLs name the other replica (as behind a load balancer).
-fn spawn_armed(app: &TestApp, downstream: &str, point: &str) -> (Child, String) {
+/// Starts the binary with `point` armed (or none: a restart); returns it and
+/// its base URL. Its callback URLs name the in-process replica (as behind a
+/// load balancer).
+fn spawn_armed(app: &TestApp, downstream: &str, point: Option<&str>) -> (Child, String) {
     let mut cmd = Command::new(BIN);
     cmd.arg("serve")
         .arg("--no-migrate")
@@ -121,9 +123,11 @@ fn spawn_armed(app: &TestApp, downstream: &str, point: &str) -> (Child, String) 
         .env("DISPATCH_TIMEOUT_SECS", "1")
         .env("REFILL_ON_CALLBACK", "false")
         .env("LEASE_SWEEP_INTERVAL_SECS", "3600")
-        .env("FAILPOINTS", format!("{point}=return"))
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+    if let Some(point) = point {
+        cmd.env("FAILPOINTS", format!("{point}=return"));
+    }
     let mut child = cmd.spawn().unwrap();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel::<String>();
@@ -143,6 +147,36 @@ fn spawn_armed(app: &TestApp, downstream: &str, point: &str) -> (Child, String) 
         }
     };
     (child, format!("http://{addr}"))
+}
+
+/// The binary restarted after the crash, stopped (SIGTERM) at the end.
+struct Restarted {
+    child: Child,
+    base: String,
+}
+
+impl Restarted {
+    fn start(app: &TestApp, downstream: &str) -> Self {
+        let (child, base) = spawn_armed(app, downstream, None);
+        Self { child, base }
+    }
+
+    async fn drain(&self, http: &reqwest::Client) {
+        let r = http
+            .post(format!("{}/drain", self.base))
+            .bearer_auth(DRAIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    }
+}
+
+impl Drop for Restarted {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+    }
 }
 
 /// Waits for the armed binary to die, and checks it died at the point.
@@ -177,8 +211,9 @@ async fn submit_via(http: &reqwest::Client, base: &str, payload: Value) -> reqwe
         .await
 }
 
-/// After the crash and the recovery: the five checks of this module.
-async fn check_aftermath(app: &TestApp, ds: &Ds, accepted: &[String]) {
+/// After the crash and the recovery (drains by the restarted binary): the
+/// five checks of this module.
+async fn check_aftermath(app: &TestApp, restarted: &Restarted, ds: &Ds, accepted: &[String]) {
     // Let the downstream's callbacks land, then let time pass for the jobs
     // nobody has (a crash before the submission): their dispatch lease ends.
     wait_for("the downstream's callbacks land", Duration::from_secs(30), || async {
@@ -190,7 +225,7 @@ async fn check_aftermath(app: &TestApp, ds: &Ds, accepted: &[String]) {
         .await
         .unwrap();
     for _ in 0..3 {
-        app.drain().await;
+        restarted.drain(&app.http).await;
         wait_for("the downstream's callbacks land", Duration::from_secs(30), || async {
             ds.ledger.lock().unwrap().held.is_empty()
         })
@@ -266,7 +301,7 @@ async fn crash_in_a_drain(point: &str) {
     for i in 0..3 {
         accepted.push(id_of(&app.submit(json!(i)).await));
     }
-    let (child, base) = spawn_armed(&app, &ds.ds.url, point);
+    let (child, base) = spawn_armed(&app, &ds.ds.url, Some(point));
     let r = app
         .http
         .post(format!("{base}/drain"))
@@ -275,7 +310,8 @@ async fn crash_in_a_drain(point: &str) {
         .await;
     assert!(r.is_err(), "the drain answered: {:?}", r.map(|r| r.status()));
     assert_aborted(child).await;
-    check_aftermath(&app, &ds, &accepted).await;
+    let restarted = Restarted::start(&app, &ds.ds.url);
+    check_aftermath(&app, &restarted, &ds, &accepted).await;
 }
 
 #[tokio::test]
@@ -297,8 +333,8 @@ async fn crash_after_running_is_recorded_before_the_message_is_deleted() {
 /// that could be dispatched without its message (or vice versa) is left.
 async fn crash_in_an_enqueue(point: &str) {
     let (ds, app) = setup().await;
-    let accepted = vec![id_of(&app.submit(json!("before")).await)];
-    let (child, base) = spawn_armed(&app, &ds.ds.url, point);
+    let mut accepted = vec![id_of(&app.submit(json!("before")).await)];
+    let (child, base) = spawn_armed(&app, &ds.ds.url, Some(point));
     let r = submit_via(&app.http, &base, json!("crashed")).await;
     assert!(r.is_err(), "the enqueue answered: {:?}", r.map(|r| r.status()));
     assert_aborted(child).await;
@@ -308,7 +344,12 @@ async fn crash_in_an_enqueue(point: &str) {
         .await
         .unwrap();
     assert_eq!(n, 0, "a job of a crashed enqueue was stored");
-    check_aftermath(&app, &ds, &accepted).await;
+    // Restarted, it takes jobs again.
+    let restarted = Restarted::start(&app, &ds.ds.url);
+    let r = submit_via(&app.http, &restarted.base, json!("after")).await.unwrap();
+    assert_eq!(r.status(), 202);
+    accepted.push(id_of(&r.json().await.unwrap()));
+    check_aftermath(&app, &restarted, &ds, &accepted).await;
     assert!(ds.ds.seen().iter().all(|s| s.body["payload"] != "crashed"));
 }
 
@@ -330,7 +371,7 @@ async fn crash_in_a_callback_after_the_update() {
     ds.calls_back.store(false, Ordering::SeqCst);
     let id = id_of(&app.submit(json!(1)).await);
     assert_eq!(app.drain().await["dispatched"], 1);
-    let (child, base) = spawn_armed(&app, &ds.ds.url, "callback-after-update");
+    let (child, base) = spawn_armed(&app, &ds.ds.url, Some("callback-after-update"));
     let token = ds.ds.token_for(&id);
     let r = app
         .http
@@ -342,9 +383,17 @@ async fn crash_in_a_callback_after_the_update() {
     assert!(r.is_err(), "the callback answered: {:?}", r.map(|r| r.status()));
     assert_aborted(child).await;
     assert_eq!(app.status_of(&id).await, "succeeded");
-    // The downstream, having heard nothing, retries on the other replica.
-    let r = app.callback(&id, &token, json!({"status": "succeeded"})).await;
+    // The downstream, having heard nothing, retries on the restarted replica.
+    let restarted = Restarted::start(&app, &ds.ds.url);
+    let r = app
+        .http
+        .post(format!("{}/jobs/{id}/callback", restarted.base))
+        .bearer_auth(&token)
+        .json(&json!({"status": "succeeded"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     ds.ledger.lock().unwrap().held.clear();
-    check_aftermath(&app, &ds, &[id]).await;
+    check_aftermath(&app, &restarted, &ds, &[id]).await;
 }
