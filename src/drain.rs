@@ -431,11 +431,18 @@ async fn dispatch(state: &AppState, job: Reserved, receipt: String) -> Finished 
         heartbeat_url: format!("{base}/jobs/{id}/heartbeat"),
         callback_token: callback_token::issue(&state.config.callback_secret, job.attempt),
     };
+    crate::fault!("drain-after-reserve");
     let outcome = state.downstream.submit(&submission).await;
+    if matches!(outcome, Outcome::Accepted(_)) {
+        crate::fault!("drain-after-accept");
+    }
     let reason = outcome.reason();
     let (t, after) = decide(state, &job, &outcome, &reason).await;
     let action = match apply_with_retry(state, id, &t).await {
         Applied::Done(done) => {
+            if done.status == JobStatus::Running {
+                crate::fault!("drain-after-running");
+            }
             tracing::debug!(status = done.status.as_str(), %reason, "submission recorded");
             if done.status.is_terminal() {
                 metrics::counter!(crate::metrics::JOBS_FINISHED, "status" => done.status.as_str()).increment(1);

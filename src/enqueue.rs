@@ -76,6 +76,7 @@ pub async fn enqueue(state: &AppState, jobs: &[Submit]) -> Result<Vec<Submitted>
     } = tokio::time::timeout(deadline, stage(state, jobs, deadline))
         .await
         .map_err(|_| EnqueueError::TimedOut)??;
+    crate::fault!("enqueue-after-send");
     tx.commit().await.map_err(EnqueueError::OutcomeUnknown)?;
     let results: Vec<Submitted> = inserted
         .into_iter()
@@ -132,6 +133,7 @@ async fn stage(state: &AppState, jobs: &[Submit], deadline: Duration) -> Result<
             Inserted::Existing { .. } => None,
         })
         .collect();
+    crate::fault!("enqueue-after-insert");
     let not_queued = state.queue.send_job_ids(&new_ids).await;
     if !not_queued.is_empty() {
         store::delete_jobs(&mut tx, &not_queued).await?;

@@ -4,6 +4,21 @@
 //!
 //! See ARCHITECTURE.md for the map of modules and the invariants.
 
+/// A named crash point for the fault-injection tests: with the `failpoints`
+/// feature and the point armed (`FAILPOINTS=<name>=return`), the process
+/// aborts there, as if killed with `kill -9`. Without the feature it is
+/// nothing.
+#[macro_export]
+macro_rules! fault {
+    ($name:literal) => {
+        #[cfg(feature = "failpoints")]
+        if fail::eval($name, |_| ()).is_some() {
+            eprintln!("fault point {} reached: aborting", $name);
+            std::process::abort();
+        }
+    };
+}
+
 pub mod background;
 pub mod callback_token;
 pub mod cli;

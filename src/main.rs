@@ -27,6 +27,9 @@ async fn main() -> ExitCode {
         }
     };
     sluicegate::telemetry::init();
+    // The fault-injection tests' crash points, armed by FAILPOINTS.
+    #[cfg(feature = "failpoints")]
+    let _faults = fail::FailScenario::setup();
     let result = match cli.command {
         Command::Openapi => print_openapi(),
         Command::Requeue {

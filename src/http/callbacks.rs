@@ -144,6 +144,7 @@ pub async fn callback(
     let id = caller.attempt.job;
     let t = Transition::callback(caller.attempt, to, body.result.as_deref(), body.error.as_deref());
     if let Some(job) = store::transition(&state.db, id, &t).await? {
+        crate::fault!("callback-after-update");
         metrics::counter!(crate::metrics::JOBS_FINISHED, "status" => to.as_str()).increment(1);
         if state.config.refill_on_callback {
             state.refill.notify_one();

@@ -1,0 +1,89 @@
+//! Small helpers shared by the fault tests (kept out of helpers.rs, which is
+//! moving into a shared test kit).
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use aws_sdk_sqs::types::QueueAttributeName;
+use serde_json::Value;
+
+use crate::helpers::*;
+
+/// Messages in the queue, visible or not (moto and local-aws-sqs count
+/// exactly): a message hidden for a minute still shows here.
+pub async fn messages_in_queue(app: &TestApp) -> i64 {
+    let out = app
+        .sqs
+        .get_queue_attributes()
+        .queue_url(&app.queue_url)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .unwrap();
+    let attrs = out.attributes().cloned().unwrap_or_default();
+    let get = |k: QueueAttributeName| attrs.get(&k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+    get(QueueAttributeName::ApproximateNumberOfMessages)
+        + get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+}
+
+/// The id of a submitted job.
+pub fn id_of(job: &Value) -> String {
+    job["id"].as_str().unwrap().to_owned()
+}
+
+/// The database's view of a job: status and attempt (the fencing number).
+pub async fn row(app: &TestApp, id: &str) -> (String, i32) {
+    sqlx::query_as("SELECT status::text, attempts FROM jobs WHERE id = $1::uuid")
+        .bind(id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap()
+}
+
+/// Backends of this test's database waiting for a lock.
+pub async fn lock_waiters(app: &TestApp) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap()
+}
+
+/// Polls until `f` holds, panicking with `what` after `timeout`.
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    assert!(eventually(timeout, f).await, "timed out waiting for: {what}");
+}
+
+/// Receives and deletes every message (as SQS does after the retention
+/// period).
+pub async fn delete_all_messages(app: &TestApp) {
+    loop {
+        let out = app
+            .sqs
+            .receive_message()
+            .queue_url(&app.queue_url)
+            .max_number_of_messages(10)
+            .visibility_timeout(30)
+            .send()
+            .await
+            .unwrap();
+        if out.messages().is_empty() {
+            return;
+        }
+        for m in out.messages() {
+            app.sqs
+                .delete_message()
+                .queue_url(&app.queue_url)
+                .receipt_handle(m.receipt_handle().unwrap())
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+}
