@@ -130,30 +130,49 @@ pub async fn drain(state: &AppState) -> anyhow::Result<DrainReport> {
     let mut in_flight = 0usize;
     let mut tally = Tally::default();
 
-    let stop_reason = loop {
+    // A failure (Postgres or SQS down) stops taking jobs but not the rest:
+    // the submissions under way are waited for and the messages already
+    // sorted are acted on, so that none stays hidden for a whole lease.
+    let stopped: anyhow::Result<StopReason> = loop {
         while let Ok(f) = rx.try_recv() {
             in_flight -= 1;
             tally.add(f);
         }
         if tally.busy {
-            break StopReason::DownstreamBusy;
+            break Ok(StopReason::DownstreamBusy);
         }
         if Instant::now() >= stop_taking_by {
-            break StopReason::TimeBudget;
+            break Ok(StopReason::TimeBudget);
         }
-        let gate = store::gate_state(&state.db).await?;
+        let gate = match store::gate_state(&state.db).await {
+            Ok(gate) => gate,
+            Err(e) => break Err(e.into()),
+        };
         if gate.busy {
-            break StopReason::DownstreamBusy;
+            break Ok(StopReason::DownstreamBusy);
         }
         let free = (i64::from(gate.limit) - gate.live).max(0) as usize;
         if free == 0 {
-            break StopReason::AtCapacity;
+            break Ok(StopReason::AtCapacity);
         }
-        let messages = receive(state, free.min(SQS_BATCH), stop_taking_by).await?;
-        if messages.is_empty() {
-            break StopReason::QueueEmpty;
-        }
-        let sorted = reserve_for(state, messages).await?;
+        let messages = match receive(state, free.min(SQS_BATCH), stop_taking_by).await {
+            Ok(m) if m.is_empty() => break Ok(StopReason::QueueEmpty),
+            Ok(m) => m,
+            Err(e) => break Err(e),
+        };
+        let receipts: Vec<String> = messages.iter().map(|m| m.receipt.clone()).collect();
+        let sorted = match reserve_for(state, messages).await {
+            Ok(sorted) => sorted,
+            Err(e) => {
+                // Nothing was reserved: show these messages again at once.
+                tally.release.extend(receipts.into_iter().map(|receipt| Release {
+                    receipt,
+                    delay: Duration::ZERO,
+                    job: None,
+                }));
+                break Err(e);
+            }
+        };
         tally.delete.extend(sorted.delete);
         tally.release.extend(sorted.release);
         for (job, receipt) in sorted.reserved {
@@ -173,7 +192,7 @@ pub async fn drain(state: &AppState) -> anyhow::Result<DrainReport> {
             );
         }
         if let Some(reason) = sorted.shortfall {
-            break reason;
+            break Ok(reason);
         }
     };
     drop(tx);
@@ -194,6 +213,7 @@ pub async fn drain(state: &AppState) -> anyhow::Result<DrainReport> {
         tally.add(f);
     }
     tally.act_on_messages(state).await;
+    let stop_reason = stopped?;
 
     let stop_reason = if tally.busy {
         StopReason::DownstreamBusy
