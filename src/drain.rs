@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use crate::{
     callback_token,
+    domain::WaitingOn,
     downstream::{Outcome, Submission},
     lifecycle::{JobStatus, Transition},
     queue::{Received, SQS_BATCH},
@@ -223,6 +224,7 @@ pub async fn drain(state: &AppState) -> anyhow::Result<DrainReport> {
     let (limit, live) = store::capacity(&state.db).await?;
     metrics::gauge!(crate::metrics::RUNNING).set(live as f64);
     metrics::gauge!(crate::metrics::LIMIT).set(f64::from(limit));
+    metrics::gauge!(crate::metrics::EFFECTIVE_CONCURRENCY).set(f64::from(limit));
     metrics::histogram!(crate::metrics::DRAIN_DURATION).record(started.elapsed().as_secs_f64());
     Ok(DrainReport {
         dispatched: tally.accepted + in_flight as i64,
@@ -341,6 +343,15 @@ struct Sorted {
     shortfall: Option<StopReason>,
 }
 
+/// Counts a received job that could not go, by why (`waiting_on`).
+fn held(reason: WaitingOn) {
+    let label = serde_json::to_value(reason)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    metrics::counter!(crate::metrics::JOBS_HELD, "reason" => label).increment(1);
+}
+
 /// Reserves slots for the received messages' jobs and sorts the messages.
 async fn reserve_for(state: &AppState, messages: Vec<Received>) -> anyhow::Result<Sorted> {
     let ids: Vec<Uuid> = messages.iter().filter_map(|m| m.job_id).collect();
@@ -410,19 +421,25 @@ async fn reserve_for(state: &AppState, messages: Vec<Received>) -> anyhow::Resul
                 sorted.release.push(release(delay, None));
             }
             Some(d) if d.status.needs_no_message() => sorted.delete.push(m.receipt),
-            Some(d) if d.available_at > now => sorted.release.push(release(until(d.available_at), Some(id))),
+            Some(d) if d.available_at > now => {
+                held(WaitingOn::RetryBackoff);
+                sorted.release.push(release(until(d.available_at), Some(id)));
+            }
             // Queued and due, but its key is at its cap: other keys go on.
             Some(_) if reservation.key_capped.contains(&id) => {
+                held(WaitingOn::KeyLimit);
                 sorted.release.push(release(KEY_CAP_RECHECK, Some(id)));
             }
             Some(_) => match reservation.busy_until {
                 // Queued and due, but the downstream asked to wait.
                 Some(busy_until) => {
+                    held(WaitingOn::DownstreamBusy);
                     sorted.shortfall = Some(StopReason::DownstreamBusy);
                     sorted.release.push(release(until(busy_until), Some(id)));
                 }
                 // Queued and due, but no slot was left for it.
                 None => {
+                    held(WaitingOn::GlobalLimit);
                     sorted.shortfall.get_or_insert(StopReason::AtCapacity);
                     sorted.release.push(release(Duration::ZERO, Some(id)));
                 }

@@ -16,6 +16,10 @@ pub const JOBS_DISPATCHED: &str = "sluicegate_jobs_dispatched_total";
 pub const JOBS_FINISHED: &str = "sluicegate_jobs_finished_total";
 pub const RUNNING: &str = "sluicegate_running";
 pub const LIMIT: &str = "sluicegate_limit";
+/// The limit enforced (`max_concurrency` until the adaptive limit exists).
+pub const EFFECTIVE_CONCURRENCY: &str = "sluicegate_effective_concurrency";
+/// `{reason}`: a received job that could not go, by its `waiting_on` reason.
+pub const JOBS_HELD: &str = "sluicegate_jobs_held_total";
 pub const QUEUE_DEPTH: &str = "sluicegate_queue_depth";
 pub const DRAIN_DURATION: &str = "sluicegate_drain_duration_seconds";
 /// `{outcome}`
@@ -64,6 +68,14 @@ fn describe() {
     describe_counter!(JOBS_FINISHED, "Jobs that reached a terminal status, by status");
     describe_gauge!(RUNNING, "Jobs counted against the limit (dispatching + running)");
     describe_gauge!(LIMIT, "The concurrency limit");
+    describe_gauge!(
+        EFFECTIVE_CONCURRENCY,
+        "The limit enforced (max_concurrency; the adaptive limit is not available yet)"
+    );
+    describe_counter!(
+        JOBS_HELD,
+        "Received jobs that could not be dispatched, by waiting_on reason"
+    );
     describe_gauge!(QUEUE_DEPTH, "Approximate visible messages in the SQS queue");
     describe_counter!(
         SQS_REQUESTS,
@@ -116,6 +128,7 @@ pub async fn sample(state: &AppState) {
     if let Ok((limit, live)) = store::capacity(&state.db).await {
         metrics::gauge!(RUNNING).set(live as f64);
         metrics::gauge!(LIMIT).set(f64::from(limit));
+        metrics::gauge!(EFFECTIVE_CONCURRENCY).set(f64::from(limit));
     }
     if let Ok(depth) = state.queue.depth().await {
         metrics::gauge!(QUEUE_DEPTH).set(depth as f64);

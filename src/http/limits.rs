@@ -167,6 +167,7 @@ pub async fn put_limits(
     }
     let limits = store::update_limits(&state.db, max, key_max).await?;
     metrics::gauge!(crate::metrics::LIMIT).set(f64::from(limits.max_concurrency));
+    metrics::gauge!(crate::metrics::EFFECTIVE_CONCURRENCY).set(f64::from(limits.max_concurrency));
     tracing::info!(max_concurrency = limits.max_concurrency, key_max_concurrency = ?limits.key_max_concurrency, "limits changed");
     if state.config.refill_on_callback {
         // A raised limit leaves free slots: fill them now rather than at the next tick.

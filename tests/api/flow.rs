@@ -129,6 +129,20 @@ async fn a_key_never_holds_more_than_its_cap_and_never_blocks_the_others() {
             .all(|j| j["waiting_on"] == "key_limit"),
         "{waiting}"
     );
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("sluicegate_jobs_held_total{reason=\"key_limit\"}"),
+        "held jobs are counted by reason"
+    );
+    assert!(metrics.contains("sluicegate_effective_concurrency "));
     // Cap 0 pauses the key; removing its settings lifts the cap.
     assert_eq!(
         put(&app, "/keys/tenant-a", json!({"max_concurrency": 0}))
