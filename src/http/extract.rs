@@ -34,6 +34,15 @@ pub async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes
 }
 
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // Every body this API takes is a JSON object. serde would also fill a
+    // struct from an array of its fields in order (`[1, null]`): refuse that.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[')
+        && serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok()
+    {
+        return Err(ApiError::Validation(
+            "invalid request body: expected a JSON object, got an array".into(),
+        ));
+    }
     serde_json::from_slice(bytes).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => ApiError::Validation(format!("invalid request body: {e}")),
         // Valid JSON whose number no field can hold (e.g. 1e400) is a bad value, not bad syntax.

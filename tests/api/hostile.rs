@@ -147,51 +147,55 @@ async fn hostile_bodies_on_every_body_route_change_nothing() {
     let cb = ds.token_for(&job);
     let deep = format!("{}1{}", "[".repeat(100), "]".repeat(100));
     let huge_number = format!("1{}", "0".repeat(5000));
-    // (raw body, content type, expected status for: jobs, batch, limits, callback)
-    let bodies: Vec<(Vec<u8>, &str, [u16; 4])> = vec![
-        (b"{".to_vec(), "application/json", [400, 400, 400, 400]),
-        (vec![0xc3, 0x28], "application/json", [400, 400, 400, 400]),
-        (b"null".to_vec(), "application/json", [422, 422, 422, 422]),
-        (b"\"string\"".to_vec(), "application/json", [422, 422, 422, 422]),
-        (b"{\"a\":1}".to_vec(), "text/plain", [415, 415, 415, 415]),
-        (b"{\"a\":1}".to_vec(), "application/xml", [415, 415, 415, 415]),
+    // (raw body, content type, expected status for: jobs, batch, limits, callback, keys)
+    let bodies: Vec<(Vec<u8>, &str, [u16; 5])> = vec![
+        (b"{".to_vec(), "application/json", [400, 400, 400, 400, 400]),
+        (vec![0xc3, 0x28], "application/json", [400, 400, 400, 400, 400]),
+        (b"null".to_vec(), "application/json", [422, 422, 422, 422, 422]),
+        // An array of the fields, in order, is not an object.
+        (b"[null, null]".to_vec(), "application/json", [422, 422, 422, 422, 422]),
+        (b" [1]".to_vec(), "application/json", [422, 422, 422, 422, 422]),
+        (b"\"string\"".to_vec(), "application/json", [422, 422, 422, 422, 422]),
+        (b"{\"a\":1}".to_vec(), "text/plain", [415, 415, 415, 415, 415]),
+        (b"{\"a\":1}".to_vec(), "application/xml", [415, 415, 415, 415, 415]),
         (
             format!("{{\"payload\": {deep}, \"jobs\": {deep}, \"max_concurrency\": {deep}, \"status\": {deep}}}")
                 .into_bytes(),
             "application/json",
-            [422, 422, 422, 422],
+            [422, 422, 422, 422, 422],
         ),
         (
             format!("{{\"max_concurrency\": {huge_number}}}").into_bytes(),
             "application/json",
-            [422, 422, 422, 422],
+            [422, 422, 422, 422, 422],
         ),
         (
             b"{\"status\":\"succeeded\",\"status\":\"failed\"}".to_vec(),
             "application/json",
-            [422, 422, 422, 422],
+            [422, 422, 422, 422, 422],
         ),
         (
             b"{\"payload\":1,\"timeout_secs\":-1}".to_vec(),
             "application/json",
-            [422, 422, 422, 422],
+            [422, 422, 422, 422, 422],
         ),
         (
             b"{\"jobs\":[{\"payload\":1}],\"x\":1}".to_vec(),
             "application/json",
-            [422, 422, 422, 422],
+            [422, 422, 422, 422, 422],
         ),
         (
             b"{\"max_concurrency\":1e3}".to_vec(),
             "application/json",
-            [422, 422, 422, 422],
+            [422, 422, 422, 422, 422],
         ),
     ];
-    let routes: [(&str, String, String); 4] = [
+    let routes: [(&str, String, String); 5] = [
         ("POST", "/jobs".into(), API_TOKEN.into()),
         ("POST", "/jobs/batch".into(), API_TOKEN.into()),
         ("PUT", "/limits".into(), API_TOKEN.into()),
         ("POST", format!("/jobs/{job}/callback"), cb.clone()),
+        ("PUT", "/keys/tenant".into(), API_TOKEN.into()),
     ];
     let before = snapshot(&app).await;
     for (body, ct, expected) in &bodies {
