@@ -265,6 +265,26 @@ impl TestApp {
             .unwrap()
     }
 
+    /// `POST /jobs/{id}/cancel` with the client token.
+    pub async fn cancel(&self, id: &str) -> Response {
+        self.http
+            .post(self.url(&format!("/jobs/{id}/cancel")))
+            .bearer_auth(API_TOKEN)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `POST /jobs/{id}/heartbeat` with this (callback) token.
+    pub async fn heartbeat(&self, id: &str, token: &str) -> Response {
+        self.http
+            .post(self.url(&format!("/jobs/{id}/heartbeat")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn job_count(&self) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM jobs")
             .fetch_one(&self.db)

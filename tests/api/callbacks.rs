@@ -84,13 +84,7 @@ async fn callback_tokens_open_one_job_at_its_current_attempt_only() {
     // An earlier attempt's token, another job's token, client and drain tokens: 401.
     for token in [first.as_str(), &ds.token_for(&other), API_TOKEN, DRAIN_TOKEN] {
         assert_problem(app.callback(&id, token, json!({"status": "succeeded"})).await, 401).await;
-        let r = app
-            .http
-            .post(app.url(&format!("/jobs/{id}/heartbeat")))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap();
+        let r = app.heartbeat(&id, token).await;
         assert_problem(r, 401).await;
     }
     assert_eq!(app.status_of(&id).await, "running");
@@ -172,15 +166,10 @@ async fn heartbeats_extend_the_lease_and_are_refused_once_finished() {
     let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
     app.drain().await;
     let token = ds.token_for(&id);
-    let beat = || {
-        app.http
-            .post(app.url(&format!("/jobs/{id}/heartbeat")))
-            .bearer_auth(&token)
-            .send()
-    };
+    let beat = || app.heartbeat(&id, &token);
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(1200)).await;
-        let r = beat().await.unwrap();
+        let r = beat().await;
         assert_eq!(r.status(), 200);
         assert_eq!(app.drain().await["reclaimed"], 0);
     }
@@ -189,7 +178,7 @@ async fn heartbeats_extend_the_lease_and_are_refused_once_finished() {
     assert_eq!(app.drain().await["reclaimed"], 1);
     let job = app.job(&id).await;
     assert_eq!(job["status"], "timed_out");
-    assert_problem(beat().await.unwrap(), 409).await;
+    assert_problem(beat().await, 409).await;
     assert_problem(app.callback(&id, &token, json!({"status": "succeeded"})).await, 409).await;
 }
 
@@ -216,13 +205,7 @@ async fn a_callback_token_stops_working_an_hour_after_its_job_ended() {
     let r = app.callback(&id, &token, done).await;
     let body = assert_problem(r, 401).await;
     assert!(!body.to_string().contains("s3cr3t"));
-    let r = app
-        .http
-        .post(app.url(&format!("/jobs/{id}/heartbeat")))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let r = app.heartbeat(&id, &token).await;
     assert_problem(r, 401).await;
 }
 
@@ -289,13 +272,7 @@ async fn a_heartbeat_never_shortens_a_dispatching_lease() {
     app.drain().await;
     assert!(eventually(Duration::from_secs(2), || async { !ds.seen().is_empty() }).await);
     let token = ds.token_for(&id);
-    let r = app
-        .http
-        .post(app.url(&format!("/jobs/{id}/heartbeat")))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let r = app.heartbeat(&id, &token).await;
     assert_eq!(r.status(), 200);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(

@@ -254,13 +254,7 @@ async fn a_timed_out_submission_keeps_its_slot_until_its_lease_ends() {
     );
     assert_eq!(app.status_of(&other).await, "queued");
     assert_eq!(ds.seen().len(), 1);
-    let r = app
-        .http
-        .post(app.url(&format!("/jobs/{other}/cancel")))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = app.cancel(&other).await;
     assert_eq!(r.status(), 200);
     // No news by the end of its lease (2 s): queued again, the attempt used,
     // and then submitted again under the next attempt.
@@ -296,13 +290,7 @@ async fn news_from_the_downstream_settles_a_timed_out_submission() {
     assert_eq!(app.status_of(&id).await, "dispatching");
     let token = ds.token_for(&id);
     // A heartbeat says the downstream has it...
-    let r = app
-        .http
-        .post(app.url(&format!("/jobs/{id}/heartbeat")))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let r = app.heartbeat(&id, &token).await;
     assert_eq!(r.status(), 200);
     let job = app.job(&id).await;
     assert_eq!(job["status"], "running");
@@ -483,13 +471,7 @@ async fn messages_of_unknown_finished_or_cancelled_jobs_are_dropped_never_dispat
         .spawn()
         .await;
     let cancelled = id_of(&app.submit(json!(1)).await);
-    let r = app
-        .http
-        .post(app.url(&format!("/jobs/{cancelled}/cancel")))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = app.cancel(&cancelled).await;
     assert_eq!(r.status(), 200);
     app.send_raw_message(&uuid::Uuid::new_v4().to_string()).await;
     app.send_raw_message("not a job id").await;

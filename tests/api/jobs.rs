@@ -12,13 +12,7 @@ async fn unknown_job_is_404() {
     let id = uuid::Uuid::new_v4();
     assert_problem(app.get(&format!("/jobs/{id}")).await, 404).await;
     assert_problem(app.get(&format!("/jobs/{id}/events")).await, 404).await;
-    let r = app
-        .http
-        .post(app.url(&format!("/jobs/{id}/cancel")))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = app.cancel(&id.to_string()).await;
     assert_problem(r, 404).await;
 }
 
@@ -66,13 +60,7 @@ async fn listing_filters_by_status() {
     let app = app().spawn().await;
     let a = app.submit(json!("a")).await["id"].as_str().unwrap().to_owned();
     let b = app.submit(json!("b")).await["id"].as_str().unwrap().to_owned();
-    let r = app
-        .http
-        .post(app.url(&format!("/jobs/{a}/cancel")))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = app.cancel(&a).await;
     assert_eq!(r.status(), 200);
     assert_eq!(page(&app, "status=cancelled").await.0, vec![a]);
     assert_eq!(page(&app, "status=queued").await.0, vec![b]);
@@ -97,25 +85,13 @@ async fn cancel_works_only_from_queued() {
             .execute(&app.db)
             .await
             .unwrap();
-        let r = app
-            .http
-            .post(app.url(&format!("/jobs/{id}/cancel")))
-            .bearer_auth(API_TOKEN)
-            .send()
-            .await
-            .unwrap();
+        let r = app.cancel(&id).await;
         let p = assert_problem(r, 409).await;
         assert!(p["detail"].as_str().unwrap().contains(status), "{p}");
         assert_eq!(app.status_of(&id).await, status);
     }
     let id = app.submit(json!("q")).await["id"].as_str().unwrap().to_owned();
-    let r = app
-        .http
-        .post(app.url(&format!("/jobs/{id}/cancel")))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = app.cancel(&id).await;
     assert_eq!(r.status(), 200);
     let job: Value = r.json().await.unwrap();
     assert_eq!(job["status"], "cancelled");
@@ -248,13 +224,7 @@ async fn finished_jobs_past_their_retention_are_pruned_with_their_history() {
         ids.push(app.submit(json!(i)).await["id"].as_str().unwrap().to_owned());
     }
     for id in &ids[..2] {
-        let r = app
-            .http
-            .post(app.url(&format!("/jobs/{id}/cancel")))
-            .bearer_auth(API_TOKEN)
-            .send()
-            .await
-            .unwrap();
+        let r = app.cancel(id).await;
         assert_eq!(r.status(), 200);
     }
     // One finished two minutes ago, one just now, one still queued.
