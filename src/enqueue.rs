@@ -14,8 +14,6 @@
 //! that after its message was sent. Start-up checks the orphan grace against
 //! it.
 
-use std::time::Duration;
-
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
@@ -73,7 +71,7 @@ pub async fn enqueue(state: &AppState, jobs: &[Submit]) -> Result<Vec<Submitted>
         tx,
         inserted,
         not_queued,
-    } = tokio::time::timeout(deadline, stage(state, jobs, deadline))
+    } = tokio::time::timeout(deadline, stage(state, jobs))
         .await
         .map_err(|_| EnqueueError::TimedOut)??;
     crate::fault!("enqueue-after-send");
@@ -106,17 +104,12 @@ struct Staged {
     not_queued: Vec<Uuid>,
 }
 
-async fn stage(state: &AppState, jobs: &[Submit], deadline: Duration) -> Result<Staged, sqlx::Error> {
+async fn stage(state: &AppState, jobs: &[Submit]) -> Result<Staged, sqlx::Error> {
     let c = &state.config;
-    let mut tx = state.db.begin().await?;
     // A session left in this transaction (a stalled process) is ended by
-    // Postgres: the transaction can then never commit late.
-    sqlx::query!(
-        "SELECT set_config('idle_in_transaction_session_timeout', $1, true)",
-        deadline.as_millis().to_string()
-    )
-    .fetch_one(&mut *tx)
-    .await?;
+    // Postgres (`idle_in_transaction_session_timeout`, set on every pooled
+    // connection by `startup::pool`): it can then never commit late.
+    let mut tx = state.db.begin().await?;
     let new: Vec<store::NewJob> = jobs
         .iter()
         .map(|j| store::NewJob {

@@ -18,10 +18,27 @@ pub async fn migrate(db: &PgPool) -> anyhow::Result<()> {
     MIGRATOR.run(db).await.context("applying database migrations")
 }
 
+/// The service's pool. Every session it opens ends any transaction left
+/// idle for longer than `ENQUEUE_TIMEOUT_SECS` (set once per connection,
+/// so it costs no round trip per transaction): an enqueue that stalls
+/// between sending its messages and its COMMIT can then never commit late
+/// (see `enqueue`). No other transaction of the service waits on anything
+/// but Postgres between its statements.
 pub fn pool(config: &Config) -> anyhow::Result<PgPool> {
+    let idle_in_transaction = format!(
+        "SET idle_in_transaction_session_timeout = {}",
+        config.enqueue_timeout().as_millis()
+    );
     PgPoolOptions::new()
         .max_connections(config.database_pool_size)
         .acquire_timeout(Duration::from_secs(5))
+        .after_connect(move |conn, _| {
+            let sql = idle_in_transaction.clone();
+            Box::pin(async move {
+                sqlx::Executor::execute(conn, sql.as_str()).await?;
+                Ok(())
+            })
+        })
         .connect_lazy(config.database_url.expose())
         // The error may quote the URL: say what is wrong without it.
         .map_err(|_| anyhow::anyhow!("DATABASE_URL: not a valid Postgres connection string"))

@@ -278,30 +278,35 @@ pub async fn delete_key(ex: impl PgExecutor<'_>, key: &str) -> sqlx::Result<bool
 
 // ------------------------------------------------------- why jobs wait
 
-/// What decides whether a queued job could go now: the limits, the live
-/// counts (global and of the jobs' keys) and the downstream's Retry-After.
-struct WaitContext {
+/// What decides whether a queued job could go now, besides its key: the
+/// limit, the live count and the downstream's Retry-After.
+struct GateNow {
     limit: i32,
     live: i64,
     busy_until: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
-    /// Per key: (cap, live).
-    keys: HashMap<String, (Option<i32>, i64)>,
 }
 
-impl WaitContext {
-    fn explain(&self, job: &Job) -> (Option<WaitingOn>, Option<DateTime<Utc>>) {
+/// A key's cap (its own, else the gate's default, else none) and live count.
+#[derive(Debug, Clone, Copy, Default)]
+struct KeyRoom {
+    cap: Option<i32>,
+    live: i64,
+}
+
+impl GateNow {
+    /// Why `job` (if queued) is waiting, and until when if that is known.
+    fn explain(&self, job: &Job, key: KeyRoom) -> (Option<WaitingOn>, Option<DateTime<Utc>>) {
         if job.status != JobStatus::Queued {
             return (None, None);
         }
-        let key = self.keys.get(&job.key).copied().unwrap_or((None, 0));
         if self.limit == 0 {
             (Some(WaitingOn::Paused), None)
         } else if let Some(until) = self.busy_until {
             (Some(WaitingOn::DownstreamBusy), Some(until))
         } else if job.available_at > self.now {
             (Some(WaitingOn::RetryBackoff), Some(job.available_at))
-        } else if key.0.is_some_and(|cap| key.1 >= i64::from(cap)) {
+        } else if key.cap.is_some_and(|cap| key.live >= i64::from(cap)) {
             (Some(WaitingOn::KeyLimit), None)
         } else if self.live >= i64::from(self.limit) {
             (Some(WaitingOn::GlobalLimit), None)
@@ -342,15 +347,20 @@ pub async fn explain_waiting<'j>(
     )
     .fetch_one(ex)
     .await?;
-    let ctx = WaitContext {
+    let now = GateNow {
         limit: r.max_concurrency,
         live: r.live,
         busy_until: r.busy_until,
         now: r.now,
-        keys: keys.into_iter().zip(r.caps.into_iter().zip(r.lives)).collect(),
     };
+    let rooms: HashMap<String, KeyRoom> = keys
+        .into_iter()
+        .zip(r.caps.into_iter().zip(r.lives))
+        .map(|(key, (cap, live))| (key, KeyRoom { cap, live }))
+        .collect();
     for job in jobs.iter_mut() {
-        (job.waiting_on, job.not_before) = ctx.explain(job);
+        let room = rooms.get(&job.key).copied().unwrap_or_default();
+        (job.waiting_on, job.not_before) = now.explain(job, room);
     }
     Ok(())
 }
@@ -399,8 +409,9 @@ pub async fn insert_jobs(
     let keys: Vec<Option<String>> = jobs.iter().map(|j| j.key.map(|k| k.as_str().to_owned())).collect();
     let flow_keys: Vec<String> = jobs.iter().map(|j| j.spec.key.as_str().to_owned()).collect();
     let priorities: Vec<i32> = jobs.iter().map(|j| j.spec.priority).collect();
-    let rows = sqlx::query_as!(
-        JobRow,
+    // The statement also reads why the new jobs wait (the same facts as
+    // `explain_waiting`, in the same snapshot): no second round trip.
+    let rows = sqlx::query!(
         r#"WITH input AS (
              SELECT * FROM unnest($1::uuid[], $2::text[], $3::int[], $4::int[], $5::text[], $6::bytea[],
                                   $8::text[], $9::int[])
@@ -413,11 +424,23 @@ pub async fn insert_jobs(
              ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
              RETURNING *),
            ev AS (INSERT INTO job_events (job_id, from_status, to_status, attempt, reason)
-                  SELECT id, NULL, status, 0, $7 FROM ins)
-           SELECT id AS "id!", status AS "status!: JobStatus", payload::text AS "payload!",
-                  attempts - busy_refusals AS "attempts!", created_at AS "created_at!", started_at, finished_at,
-                  result::text AS result, error, key AS "key!", priority AS "priority!", available_at AS "available_at!"
-           FROM ins"#,
+                  SELECT id, NULL, status, 0, $7 FROM ins),
+           gate_now AS (
+             SELECT g.max_concurrency, g.key_max_concurrency,
+                    CASE WHEN g.busy_until > now() THEN g.busy_until END AS busy_until, now() AS now,
+                    (SELECT count(*) FROM jobs WHERE status = ANY(live_statuses())) AS live
+             FROM gate g),
+           key_now AS (
+             SELECT u.key, coalesce(k.max_concurrency, (SELECT key_max_concurrency FROM gate_now)) AS cap,
+                    (SELECT count(*) FROM jobs l WHERE l.key = u.key AND l.status = ANY(live_statuses())) AS live
+             FROM (SELECT DISTINCT key FROM input) u LEFT JOIN keys k ON k.key = u.key)
+           SELECT i.id AS "id!", i.status AS "status!: JobStatus", i.payload::text AS "payload!",
+                  i.attempts - i.busy_refusals AS "attempts!", i.created_at AS "created_at!", i.started_at,
+                  i.finished_at, i.result::text AS result, i.error, i.key AS "key!", i.priority AS "priority!",
+                  i.available_at AS "available_at!",
+                  g.max_concurrency AS "limit!", g.busy_until, g.now AS "now!", g.live AS "live!",
+                  k.cap AS key_cap, k.live AS "key_live!"
+           FROM ins i CROSS JOIN gate_now g JOIN key_now k ON k.key = i.key"#,
         &ids,
         &payloads,
         &timeouts,
@@ -430,7 +453,22 @@ pub async fn insert_jobs(
     )
     .fetch_all(&mut **tx)
     .await?;
-    let mut inserted: HashMap<Uuid, Job> = rows.into_iter().map(|r| (r.id, Job::from(r))).collect();
+    let mut inserted: HashMap<Uuid, Job> = HashMap::with_capacity(rows.len());
+    for r in rows {
+        let now = GateNow {
+            limit: r.limit,
+            live: r.live,
+            busy_until: r.busy_until,
+            now: r.now,
+        };
+        let key_room = KeyRoom {
+            cap: r.key_cap,
+            live: r.key_live,
+        };
+        let mut job = Job::from(job_row!(r));
+        (job.waiting_on, job.not_before) = now.explain(&job, key_room);
+        inserted.insert(job.id, job);
+    }
 
     // Items that inserted nothing: their key was taken (before, or earlier in this input).
     let taken: Vec<String> = jobs

@@ -193,9 +193,14 @@ async fn submit(
     }
     let mut answers: Vec<Result<(StatusCode, Job), ApiError>> =
         answers.into_iter().map(|a| a.expect("every item answered")).collect();
+    // New jobs come with their reason (`insert_jobs` reads it); idempotent
+    // repeats that are still queued need it read.
     store::explain_waiting(
         &state.db,
-        answers.iter_mut().filter_map(|a| a.as_mut().ok().map(|(_, job)| job)),
+        answers
+            .iter_mut()
+            .filter_map(|a| a.as_mut().ok().map(|(_, job)| job))
+            .filter(|job| job.status == JobStatus::Queued && job.waiting_on.is_none()),
     )
     .await?;
     Ok(answers)

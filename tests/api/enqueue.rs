@@ -336,3 +336,30 @@ async fn a_stalled_sqs_send_is_cut_at_the_enqueue_timeout_and_stores_nothing() {
     assert!(problem["detail"].as_str().unwrap().contains("nothing was stored"));
     assert_eq!(app.job_count().await, 0);
 }
+
+#[tokio::test]
+async fn the_service_pool_ends_a_transaction_left_idle_past_the_enqueue_timeout() {
+    // What keeps a stalled enqueue from committing late: Postgres ends any
+    // session of the service's pool that sits in a transaction longer than
+    // ENQUEUE_TIMEOUT_SECS.
+    let db = TestDb::create().await;
+    let mut config = base_config(&db.url, "http://127.0.0.1:9/q", "http://127.0.0.1:9/");
+    config.enqueue_timeout_secs = 1;
+    let pool = sluicegate::startup::pool(&config).unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1").execute(&mut *tx).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let err = sqlx::query("SELECT 1").execute(&mut *tx).await.unwrap_err();
+    assert!(
+        err.to_string().contains("idle-in-transaction") || err.as_database_error().is_none(),
+        "{err}"
+    );
+    drop(tx);
+    // A transaction that keeps talking is not affected.
+    let mut tx = pool.begin().await.unwrap();
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        sqlx::query("SELECT 1").execute(&mut *tx).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+}

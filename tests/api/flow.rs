@@ -217,6 +217,52 @@ async fn waiting_on_says_why_a_queued_job_waits() {
 }
 
 #[tokio::test]
+async fn a_submitted_job_says_at_once_why_it_waits() {
+    // The 202 (and a batch item, and an idempotent repeat) carries the same
+    // reason GET /jobs/{id} gives.
+    let ds = Downstream::start(|_| Reply::status(202)).await;
+    let app = app()
+        .downstream(&ds.url)
+        .config(|c| c.max_concurrency = 2)
+        .spawn()
+        .await;
+    assert_eq!(app.submit(json!(1)).await["waiting_on"], "queue");
+    put(&app, "/keys/capped", json!({"max_concurrency": 1})).await;
+    app.post_job(json!({"payload": 0, "key": "capped"})).await;
+    app.drain().await;
+    let r = app.post_job(json!({"payload": 1, "key": "capped"})).await;
+    assert_eq!(r.status(), 202);
+    let job: Value = r.json().await.unwrap();
+    assert_eq!(job["waiting_on"], "key_limit", "{job}");
+    assert_eq!(app.job(&id_of(&job)).await["waiting_on"], "key_limit");
+    // Two jobs live now (the limit): another key waits on the global limit.
+    let batch = app
+        .submit_batch(vec![
+            json!({"payload": 2, "key": "free"}),
+            json!({"payload": 3, "key": "capped"}),
+        ])
+        .await;
+    assert_eq!(batch["items"][0]["job"]["waiting_on"], "global_limit", "{batch}");
+    assert_eq!(batch["items"][1]["job"]["waiting_on"], "key_limit", "{batch}");
+    app.set_limit(0).await;
+    let submit_keyed = || {
+        app.http
+            .post(app.url("/jobs"))
+            .bearer_auth(API_TOKEN)
+            .header("Idempotency-Key", "same-job")
+            .json(&json!({"payload": 4}))
+            .send()
+    };
+    let first = submit_keyed().await.unwrap();
+    assert_eq!(first.status(), 202);
+    assert_eq!(first.json::<Value>().await.unwrap()["waiting_on"], "paused");
+    app.set_limit(5).await;
+    let repeat = submit_keyed().await.unwrap();
+    assert_eq!(repeat.status(), 200);
+    assert_eq!(repeat.json::<Value>().await.unwrap()["waiting_on"], "queue");
+}
+
+#[tokio::test]
 async fn keys_and_limits_endpoints_follow_the_contract() {
     let app = app().spawn().await;
     assert_problem(app.get("/keys/nobody").await, 404).await;
