@@ -118,8 +118,9 @@ async fn requeue_loop(state: AppState) {
     }
 }
 
-/// Refreshes the gauges and folds the per-status count deltas, every 10 s
-/// (a busy service appends thousands of delta rows a minute).
+/// Refreshes the gauges, folds the per-status count deltas (a busy service
+/// appends thousands of delta rows a minute) and removes spent rows of the
+/// intake window, every 10 s.
 async fn sample_loop(state: AppState) {
     let mut t = tokio::time::interval(SAMPLE_INTERVAL);
     loop {
@@ -130,6 +131,9 @@ async fn sample_loop(state: AppState) {
         crate::metrics::sample(&state).await;
         if let Err(e) = store::compact_counts(&state.db).await {
             tracing::warn!(error = %e, "compacting job counts failed");
+        }
+        if let Err(e) = store::prune_intake(&state.db).await {
+            tracing::warn!(error = %e, "removing spent rows of the intake window failed");
         }
     }
 }

@@ -1,10 +1,15 @@
-//! The drain engine: reclaim expired leases, then move queued jobs from SQS
-//! to the downstream while `dispatching + running < limit`.
+//! The drain engine: reclaim expired leases, take received SQS messages into
+//! the intake window, then move jobs from the window to the downstream while
+//! `dispatching + running < limit`.
 //!
-//! The limit is enforced by `store::reserve`, under the gate lock, never
-//! here: this module only decides how many messages to ask SQS for and what
-//! to do with each message afterwards. [`drain`] is one unit of work, so tests
-//! can step it deterministically.
+//! The limit, the key caps and fairness are `store::reserve`'s business,
+//! under the gate lock, never this module's: it only decides when to ask SQS
+//! for messages and what to do with each message afterwards. Messages of
+//! queued, due jobs stay hidden in the window (ARCHITECTURE.md, "Choosing
+//! fairly: the intake window") until their job is dispatched, so a drain
+//! chooses among every key's waiting jobs, not among the next ten messages
+//! SQS delivers. [`drain`] is one unit of work, so tests can step it
+//! deterministically.
 
 use std::{
     collections::HashMap,
@@ -70,10 +75,25 @@ const LONG_POLL: Duration = Duration::from_secs(2);
 /// A message that names no job yet is hidden this long before it is looked
 /// at again (its enqueue may still be committing).
 const ORPHAN_RECHECK: Duration = Duration::from_secs(30);
-/// A due job held back by its key's cap is looked at again after this long
-/// (its message hidden meanwhile), not at once: a full key's messages must
-/// not be received and released over and over.
-const KEY_CAP_RECHECK: Duration = Duration::from_secs(2);
+/// The most messages the intake window holds (SQS allows 120,000 in flight
+/// per standard queue). Past it, a drain receives only for free slots.
+pub const WINDOW_MAX: i64 = 10_000;
+/// How long a message taken into the window stays hidden (at least the
+/// dispatch lease plus [`WINDOW_MARGIN`]). A job that waits longer in the
+/// window has its message shown again, received again and its receipt
+/// renewed.
+const WINDOW_VISIBILITY: Duration = Duration::from_secs(300);
+/// A job is reserved only while its receipt stays valid this much longer
+/// than its dispatch lease (for the message action after the submission).
+const WINDOW_MARGIN: Duration = Duration::from_secs(30);
+/// The share of `DRAIN_BUDGET_MS` a drain with no free slot may spend taking
+/// messages into the window (so that other keys' jobs behind a backlog are
+/// seen before slots free up).
+const INTAKE_SHARE: f64 = 0.25;
+/// After a receive came back empty, a replica with no free slot does not ask
+/// SQS again for this long (unless it enqueued meanwhile): no request per
+/// callback while the queue is empty.
+const INTAKE_IDLE: Duration = Duration::from_secs(1);
 /// Added to a release delay so that SQS (whole seconds) never shows a
 /// message before its job is due.
 const DUE_SLACK: Duration = Duration::from_secs(1);
@@ -95,9 +115,17 @@ struct Release {
     /// The job that still needs this message: if SQS cannot release it (the
     /// message is gone), a fresh one is sent for it.
     job: Option<Uuid>,
+    /// For a dispatched job's message: the receipt's validity. If SQS cannot
+    /// release it (it is down), the message is still hidden and in hand, and
+    /// the job goes back into the intake window with it.
+    held_until: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 struct Finished {
+    /// The job and the receipt its dispatch used (its window row goes once
+    /// the message is deleted or released).
+    job: Uuid,
+    receipt: String,
     action: MessageAction,
     outcome: Outcome,
 }
@@ -110,9 +138,50 @@ pub fn backoff(attempt: i32) -> Duration {
 }
 
 /// How long a reserved job may stay `dispatching` before its slot is
-/// reclaimed, and how long a received message stays hidden.
+/// reclaimed.
 fn dispatch_lease(state: &AppState) -> Duration {
     state.config.dispatch_timeout() + DISPATCH_LEASE_MARGIN
+}
+
+/// How long received messages stay hidden, and how long the window may rely
+/// on their receipts.
+fn window_times(state: &AppState) -> store::WindowTimes {
+    let lease = dispatch_lease(state);
+    store::WindowTimes {
+        visibility_secs: message_visibility(state).as_secs_f64(),
+        dispatch_lease_secs: lease.as_secs_f64(),
+        receipt_margin_secs: (lease + WINDOW_MARGIN).as_secs_f64(),
+    }
+}
+
+fn message_visibility(state: &AppState) -> Duration {
+    WINDOW_VISIBILITY.max(dispatch_lease(state) + WINDOW_MARGIN * 4)
+}
+
+/// Whether this replica asks SQS for messages when it has no free slot (see
+/// [`INTAKE_IDLE`]): closed for a while after an empty receive, opened again
+/// by an enqueue here.
+#[derive(Debug, Default)]
+pub struct Intake {
+    closed_until: std::sync::Mutex<Option<Instant>>,
+}
+
+impl Intake {
+    fn close_for(&self, d: Duration) {
+        *self.closed_until.lock().expect("never poisoned") = Some(Instant::now() + d);
+    }
+
+    fn is_open(&self) -> bool {
+        self.closed_until
+            .lock()
+            .expect("never poisoned")
+            .is_none_or(|t| Instant::now() >= t)
+    }
+
+    /// New messages were just sent.
+    pub fn open(&self) {
+        *self.closed_until.lock().expect("never poisoned") = None;
+    }
 }
 
 /// One drain: answers within `DRAIN_BUDGET_MS`. Submissions still in flight
@@ -125,11 +194,14 @@ pub async fn drain(state: &AppState) -> anyhow::Result<DrainReport> {
     let answer_by = started + budget - margin;
     let stop_taking_by = started + budget.mul_f64(TAKE_JOBS_SHARE);
 
+    let intake_until = started + budget.mul_f64(INTAKE_SHARE);
+
     let reclaimed = reclaim(state).await?;
 
     let (tx, mut rx) = mpsc::unbounded_channel::<Finished>();
     let mut in_flight = 0usize;
     let mut tally = Tally::default();
+    let mut long_poll_next = false;
 
     // A failure (Postgres or SQS down) stops taking jobs but not the rest:
     // the submissions under way are waited for and the messages already
@@ -145,31 +217,52 @@ pub async fn drain(state: &AppState) -> anyhow::Result<DrainReport> {
         if Instant::now() >= stop_taking_by {
             break Ok(StopReason::TimeBudget);
         }
-        let gate = match store::gate_state(&state.db).await {
+        let gate = match store::gate_state(&state.db, WINDOW_MAX).await {
             Ok(gate) => gate,
             Err(e) => break Err(e.into()),
         };
         if gate.busy {
             break Ok(StopReason::DownstreamBusy);
         }
-        let free = (i64::from(gate.limit) - gate.live).max(0) as usize;
-        if free == 0 {
+        let free = (i64::from(gate.limit) - gate.live).max(0);
+        // With free slots, receive for them (a long poll only when the window
+        // had nothing left that may go). Without, keep taking messages into
+        // the window for a while: other keys' jobs may wait behind a backlog.
+        let messages = if free > 0 && long_poll_next {
+            long_poll(state, stop_taking_by).await
+        } else if free > 0 || (gate.window < WINDOW_MAX && Instant::now() < intake_until && state.intake.is_open()) {
+            receive(state).await
+        } else {
             break Ok(StopReason::AtCapacity);
-        }
-        let messages = match receive(state, free.min(SQS_BATCH), stop_taking_by).await {
-            Ok(m) if m.is_empty() => break Ok(StopReason::QueueEmpty),
+        };
+        let messages = match messages {
             Ok(m) => m,
             Err(e) => break Err(e),
         };
+        if free == 0 && messages.is_empty() {
+            break Ok(StopReason::AtCapacity);
+        }
+        // The long poll was the last chance: the window had nothing that
+        // may go, and SQS nothing more.
+        if long_poll_next && messages.is_empty() {
+            break Ok(StopReason::QueueEmpty);
+        }
+        // Nothing received and nothing in the window: no reservation to try.
+        if messages.is_empty() && gate.window == 0 {
+            long_poll_next = true;
+            continue;
+        }
+        let received = messages.len();
         let receipts: Vec<String> = messages.iter().map(|m| m.receipt.clone()).collect();
-        let sorted = match reserve_for(state, messages).await {
+        let sorted = match reserve_for(state, messages, free).await {
             Ok(sorted) => sorted,
             Err(e) => {
-                // Nothing was reserved: show these messages again at once.
+                // Nothing was reserved or taken in: show these messages again at once.
                 tally.release.extend(receipts.into_iter().map(|receipt| Release {
                     receipt,
                     delay: Duration::ZERO,
                     job: None,
+                    held_until: None,
                 }));
                 break Err(e);
             }
@@ -192,9 +285,13 @@ pub async fn drain(state: &AppState) -> anyhow::Result<DrainReport> {
                 .in_current_span(),
             );
         }
-        if let Some(reason) = sorted.shortfall {
-            break Ok(reason);
+        if sorted.busy {
+            break Ok(StopReason::DownstreamBusy);
         }
+        // Slots left although the window was offered them: it has nothing
+        // more that may go now. More may be in SQS if this receive brought
+        // messages; after an empty one, one long poll settles it.
+        long_poll_next = free > 0 && sorted.slots_left > 0 && received == 0;
     };
     drop(tx);
 
@@ -235,23 +332,32 @@ pub async fn drain(state: &AppState) -> anyhow::Result<DrainReport> {
     })
 }
 
-/// Receives up to `max` messages, hidden for the dispatch lease. A short poll
-/// asks only a sample of SQS's servers and can come back empty while a small
-/// queue holds messages; so an empty answer is believed only if Postgres knows
-/// no queued job that is due. Otherwise one long poll (which asks every
-/// server, and returns as soon as a message is there) follows, for as long as
-/// the drain may still take jobs, at most [`LONG_POLL`].
-async fn receive(state: &AppState, max: usize, stop_taking_by: Instant) -> anyhow::Result<Vec<Received>> {
-    let lease = dispatch_lease(state);
-    let messages = state.queue.receive(max, lease, Duration::ZERO).await?;
-    if !messages.is_empty() {
-        return Ok(messages);
+/// Receives up to 10 messages (a short poll), hidden for
+/// [`message_visibility`]. An empty answer closes the intake of this
+/// replica for [`INTAKE_IDLE`].
+async fn receive(state: &AppState) -> anyhow::Result<Vec<Received>> {
+    let messages = state
+        .queue
+        .receive(SQS_BATCH, message_visibility(state), Duration::ZERO)
+        .await?;
+    if messages.is_empty() {
+        state.intake.close_for(INTAKE_IDLE);
     }
+    Ok(messages)
+}
+
+/// After an empty short poll, with free slots and nothing in the window that
+/// may go. A short poll asks only a sample of SQS's servers and can come
+/// back empty while a small queue holds messages; so if Postgres knows a
+/// queued, due job whose message is not in the window, one long poll (which
+/// asks every server, and returns as soon as a message is there) follows,
+/// for as long as the drain may still take jobs, at most [`LONG_POLL`].
+async fn long_poll(state: &AppState, stop_taking_by: Instant) -> anyhow::Result<Vec<Received>> {
     let wait = stop_taking_by.saturating_duration_since(Instant::now()).min(LONG_POLL);
     if wait < Duration::from_secs(1) || !store::any_queued_due(&state.db).await? {
-        return Ok(messages);
+        return Ok(Vec::new());
     }
-    state.queue.receive(max, lease, wait).await
+    state.queue.receive(SQS_BATCH, message_visibility(state), wait).await
 }
 
 /// What the submissions of one drain came to, and what to do with their
@@ -262,6 +368,9 @@ struct Tally {
     busy: bool,
     delete: Vec<String>,
     release: Vec<Release>,
+    /// Jobs whose dispatch deleted or released their message, with the
+    /// receipt it used: they leave the intake window.
+    leave: Vec<(Uuid, String)>,
 }
 
 impl Tally {
@@ -272,8 +381,14 @@ impl Tally {
             _ => {}
         }
         match f.action {
-            MessageAction::Delete(m) => self.delete.push(m),
-            MessageAction::Release(r) => self.release.push(r),
+            MessageAction::Delete(m) => {
+                self.delete.push(m);
+                self.leave.push((f.job, f.receipt));
+            }
+            MessageAction::Release(r) => {
+                self.release.push(r);
+                self.leave.push((f.job, f.receipt));
+            }
             MessageAction::Leave => {}
         }
     }
@@ -282,13 +397,30 @@ impl Tally {
     /// release may be gone (a purge, the retention period): its job, still
     /// waiting for it, gets a fresh one.
     async fn act_on_messages(&self, state: &AppState) {
+        // Out of the window first (only rows still holding the receipt used):
+        // once released, a message may be taken in again by another drain.
+        if let Err(e) = store::leave_intake(&state.db, &self.leave).await {
+            tracing::warn!(error = %e, "could not remove dispatched jobs from the intake window");
+        }
         let receipts: Vec<(String, Duration)> = self.release.iter().map(|r| (r.receipt.clone(), r.delay)).collect();
         let ((), failed) = tokio::join!(state.queue.delete(&self.delete), state.queue.release(&receipts));
-        let resend: Vec<(Uuid, Duration)> = failed
+        let failed: Vec<&Release> = failed.iter().filter_map(|&i| self.release.get(i)).collect();
+        let back: Vec<(Uuid, store::Receipt)> = failed
             .iter()
-            .filter_map(|&i| self.release.get(i))
-            .filter_map(|r| r.job.map(|job| (job, r.delay)))
+            .filter_map(|r| {
+                let until = r.held_until?;
+                let job = r.job?;
+                let receipt = store::Receipt {
+                    handle: r.receipt.clone(),
+                    expires_at: until,
+                };
+                Some((job, receipt))
+            })
             .collect();
+        if let Err(e) = store::back_into_window(&state.db, &back).await {
+            tracing::warn!(error = %e, "could not put jobs back into the intake window");
+        }
+        let resend: Vec<(Uuid, Duration)> = failed.iter().filter_map(|r| r.job.map(|job| (job, r.delay))).collect();
         if !resend.is_empty() {
             resend_messages(state, &resend).await;
         }
@@ -333,36 +465,63 @@ pub async fn reclaim(state: &AppState) -> anyhow::Result<u64> {
 }
 
 /// The received messages, sorted: the jobs that got a slot (with their
-/// message), the messages to delete or release, and why the drain must stop
-/// taking jobs, if it must.
+/// message's receipt), the messages to delete or release (those not taken
+/// into the window), and what the reservation found.
 struct Sorted {
-    reserved: Vec<(Reserved, String)>,
+    reserved: Vec<(Reserved, store::Receipt)>,
     delete: Vec<String>,
     release: Vec<Release>,
-    /// Due jobs were left without a slot: no capacity, or a `Retry-After`.
-    shortfall: Option<StopReason>,
+    /// A `Retry-After` is in force: nothing was reserved.
+    busy: bool,
+    /// Free slots the window could not fill.
+    slots_left: i64,
 }
 
-/// Counts a received job that could not go, by why (`waiting_on`).
-fn held(reason: WaitingOn) {
+/// Counts a job that could not go, by why (`waiting_on`).
+fn held(reason: WaitingOn, n: usize) {
     let label = serde_json::to_value(reason)
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
         .unwrap_or_default();
-    metrics::counter!(crate::metrics::JOBS_HELD, "reason" => label).increment(1);
+    metrics::counter!(crate::metrics::JOBS_HELD, "reason" => label).increment(n as u64);
 }
 
-/// Reserves slots for the received messages' jobs and sorts the messages.
-async fn reserve_for(state: &AppState, messages: Vec<Received>) -> anyhow::Result<Sorted> {
-    let ids: Vec<Uuid> = messages.iter().filter_map(|m| m.job_id).collect();
-    let reservation = store::reserve(&state.db, &ids, dispatch_lease(state).as_secs_f64()).await?;
-    let reserved = reservation.jobs;
-    let is_reserved = |id: &Uuid| reserved.iter().any(|r| r.id() == *id);
-    // Only messages whose job was not reserved need its state (usually none).
-    let others: Vec<Uuid> = ids.iter().copied().filter(|id| !is_reserved(id)).collect();
-    // The reserved jobs are live now: whatever happens next, they get
-    // dispatched. If the other jobs' states cannot be read, their messages
-    // are left alone (they come back after their visibility timeout).
+/// Takes the received messages into the window, reserves up to `free` slots
+/// from the whole window, and sorts the messages that did not go in.
+async fn reserve_for(state: &AppState, messages: Vec<Received>, free: i64) -> anyhow::Result<Sorted> {
+    let offers: Vec<store::Offer> = messages
+        .iter()
+        .filter_map(|m| {
+            m.job_id.map(|job| store::Offer {
+                job,
+                receipt: &m.receipt,
+            })
+        })
+        .collect();
+    let reservation = store::reserve(&state.db, &offers, &window_times(state), free).await?;
+    let taken: std::collections::HashSet<Uuid> = reservation.taken_in.iter().map(|t| t.job).collect();
+    let reserved_ids: std::collections::HashSet<Uuid> = reservation.jobs.iter().map(|(r, _)| r.id()).collect();
+    let waiting = reservation
+        .taken_in
+        .iter()
+        .filter(|t| t.ready && !reserved_ids.contains(&t.job))
+        .count();
+    if waiting > 0 {
+        let why = match (reservation.busy_until, reservation.slots_left) {
+            (Some(_), _) => WaitingOn::DownstreamBusy,
+            (None, 0) => WaitingOn::GlobalLimit,
+            (None, _) => WaitingOn::KeyLimit,
+        };
+        held(why, waiting);
+    }
+    let backing_off = reservation.taken_in.iter().filter(|t| !t.ready).count();
+    if backing_off > 0 {
+        held(WaitingOn::RetryBackoff, backing_off);
+    }
+    // Only messages not taken in need their job's state (usually none). If it
+    // cannot be read, they are left alone (they come back after their
+    // visibility timeout).
+    let others: Vec<Uuid> = offers.iter().map(|o| o.job).filter(|id| !taken.contains(id)).collect();
     let states: Option<HashMap<Uuid, DueState>> = if others.is_empty() {
         Some(HashMap::new())
     } else {
@@ -376,14 +535,13 @@ async fn reserve_for(state: &AppState, messages: Vec<Received>) -> anyhow::Resul
     };
 
     let mut sorted = Sorted {
-        reserved: Vec::new(),
+        reserved: reservation.jobs,
         delete: Vec::new(),
         release: Vec::new(),
-        shortfall: None,
+        busy: reservation.busy_until.is_some(),
+        slots_left: reservation.slots_left,
     };
-    let mut receipts: HashMap<Uuid, String> = HashMap::new();
     let now = chrono::Utc::now();
-    let until = |t: chrono::DateTime<chrono::Utc>| (t - now).to_std().unwrap_or_default() + DUE_SLACK;
     let orphan_grace = Duration::from_secs(state.config.orphan_message_grace_secs);
     for m in messages {
         let Some(id) = m.job_id else {
@@ -391,10 +549,9 @@ async fn reserve_for(state: &AppState, messages: Vec<Received>) -> anyhow::Resul
             sorted.delete.push(m.receipt);
             continue;
         };
-        if is_reserved(&id) {
-            // A second delivery of a reserved job's message is left alone:
-            // the dispatch acts on the first one.
-            receipts.entry(id).or_insert(m.receipt);
+        // In the window (perhaps reserved already): the message stays
+        // hidden, and the job's dispatch acts on it.
+        if taken.contains(&id) {
             continue;
         }
         let Some(states) = &states else { continue };
@@ -402,6 +559,7 @@ async fn reserve_for(state: &AppState, messages: Vec<Received>) -> anyhow::Resul
             receipt: m.receipt.clone(),
             delay,
             job,
+            held_until: None,
         };
         match states.get(&id) {
             None => {
@@ -413,52 +571,19 @@ async fn reserve_for(state: &AppState, messages: Vec<Received>) -> anyhow::Resul
                     sorted.release.push(release(ORPHAN_RECHECK, None));
                 }
             }
-            // Being dispatched under another delivery of this message, or
-            // after a submission whose outcome is unknown: hidden until its
-            // lease ends (its own receipt is handled by its dispatch).
-            Some(d) if d.status == JobStatus::Dispatching => {
-                let delay = d.lease_expires_at.map_or(Duration::ZERO, until);
-                sorted.release.push(release(delay, None));
-            }
             Some(d) if d.status.needs_no_message() => sorted.delete.push(m.receipt),
-            Some(d) if d.available_at > now => {
-                held(WaitingOn::RetryBackoff);
-                sorted.release.push(release(until(d.available_at), Some(id)));
-            }
-            // Queued and due, but its key is at its cap: other keys go on.
-            Some(_) if reservation.key_capped.contains(&id) => {
-                held(WaitingOn::KeyLimit);
-                sorted.release.push(release(KEY_CAP_RECHECK, Some(id)));
-            }
-            Some(_) => match reservation.busy_until {
-                // Queued and due, but the downstream asked to wait.
-                Some(busy_until) => {
-                    held(WaitingOn::DownstreamBusy);
-                    sorted.shortfall = Some(StopReason::DownstreamBusy);
-                    sorted.release.push(release(until(busy_until), Some(id)));
-                }
-                // Queued and due, but no slot was left for it.
-                None => {
-                    held(WaitingOn::GlobalLimit);
-                    sorted.shortfall.get_or_insert(StopReason::AtCapacity);
-                    sorted.release.push(release(Duration::ZERO, Some(id)));
-                }
-            },
+            // Queued or dispatching, yet not taken in: its state changed
+            // between the two statements. Shown again at once.
+            Some(_) => sorted.release.push(release(Duration::ZERO, Some(id))),
         }
     }
-    sorted.reserved = reserved
-        .into_iter()
-        .map(|r| {
-            let receipt = receipts.remove(&r.id()).expect("a reserved job came from a message");
-            (r, receipt)
-        })
-        .collect();
     Ok(sorted)
 }
 
 /// Submits one reserved job and records what the downstream said.
 #[tracing::instrument(name = "dispatch", skip_all, fields(job_id = %job.id(), attempt = job.attempt.attempt))]
-async fn dispatch(state: &AppState, job: Reserved, receipt: String) -> Finished {
+async fn dispatch(state: &AppState, job: Reserved, held: store::Receipt) -> Finished {
+    let receipt = held.handle;
     let base = state.config.public_base_url();
     let id = job.id();
     let submission = Submission {
@@ -475,6 +600,7 @@ async fn dispatch(state: &AppState, job: Reserved, receipt: String) -> Finished 
     }
     let reason = outcome.reason();
     let (t, after) = decide(state, &job, &outcome, &reason).await;
+    let receipt_used = receipt.clone();
     let action = match apply_with_retry(state, id, &t).await {
         Applied::Done(done) => {
             if done.status == JobStatus::Running {
@@ -489,6 +615,7 @@ async fn dispatch(state: &AppState, job: Reserved, receipt: String) -> Finished 
                     receipt,
                     delay,
                     job: Some(id),
+                    held_until: Some(held.expires_at),
                 }),
                 None => MessageAction::Delete(receipt),
             }
@@ -504,7 +631,12 @@ async fn dispatch(state: &AppState, job: Reserved, receipt: String) -> Finished 
         // runs out; its message comes back by itself.
         Applied::Unrecorded => MessageAction::Leave,
     };
-    Finished { action, outcome }
+    Finished {
+        job: id,
+        receipt: receipt_used,
+        action,
+        outcome,
+    }
 }
 
 /// The state change an outcome calls for (the contract's downstream table;

@@ -91,6 +91,9 @@ pub async fn enqueue(state: &AppState, jobs: &[Submit]) -> Result<Vec<Submitted>
         })
         .collect();
     let queued = results.iter().filter(|r| matches!(r, Submitted::New(_))).count();
+    if queued > 0 {
+        state.intake.open();
+    }
     metrics::counter!(crate::metrics::JOBS_ENQUEUED).increment(queued as u64);
     Ok(results)
 }

@@ -18,23 +18,28 @@ pub async fn migrate(db: &PgPool) -> anyhow::Result<()> {
     MIGRATOR.run(db).await.context("applying database migrations")
 }
 
-/// The service's pool. Every session it opens ends any transaction left
-/// idle for longer than `ENQUEUE_TIMEOUT_SECS` (set once per connection,
-/// so it costs no round trip per transaction): an enqueue that stalls
+/// The service's pool. Every session it opens has JIT compilation off, and
+/// ends any transaction left idle for longer than `ENQUEUE_TIMEOUT_SECS`
+/// (set once per connection, so it costs no round trip per transaction): an enqueue that stalls
 /// between sending its messages and its COMMIT can then never commit late
 /// (see `enqueue`). No other transaction of the service waits on anything
 /// but Postgres between its statements.
 pub fn pool(config: &Config) -> anyhow::Result<PgPool> {
-    let idle_in_transaction = format!(
-        "SET idle_in_transaction_session_timeout = {}",
+    // JIT off: it only pays off for long analytical queries, and a plan
+    // misestimated on fresh tables could spend hundreds of milliseconds
+    // compiling a millisecond's reservation under the gate lock.
+    let session = format!(
+        "SET idle_in_transaction_session_timeout = {}; SET jit = off",
         config.enqueue_timeout().as_millis()
     );
     PgPoolOptions::new()
         .max_connections(config.database_pool_size)
         .acquire_timeout(Duration::from_secs(5))
         .after_connect(move |conn, _| {
-            let sql = idle_in_transaction.clone();
+            let sql = session.clone();
             Box::pin(async move {
+                // No arguments: the simple query protocol, both statements
+                // in one round trip.
                 sqlx::Executor::execute(conn, sql.as_str()).await?;
                 Ok(())
             })
@@ -88,6 +93,7 @@ impl Application {
             refill: Arc::new(Notify::new()),
             metrics: crate::metrics::recorder(),
             enqueue_slots: Arc::new(tokio::sync::Semaphore::new((config_pool_size / 2).max(1) as usize)),
+            intake: Arc::default(),
             shutdown: CancellationToken::new(),
         };
         Ok(Self { listener, state })

@@ -25,6 +25,8 @@ pub struct AppState {
     /// connection while it sends to SQS; a slow SQS must not take the whole
     /// pool from callbacks and drains).
     pub enqueue_slots: Arc<Semaphore>,
+    /// Whether drains with no free slot take messages into the window.
+    pub intake: Arc<crate::drain::Intake>,
     /// Cancelled when the process shuts down.
     pub shutdown: CancellationToken,
 }

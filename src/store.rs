@@ -128,14 +128,18 @@ pub struct GateState {
     pub live: i64,
     /// The downstream asked (with Retry-After) not to be sent anything yet.
     pub busy: bool,
+    /// Messages in the intake window (counted up to the `window_max` asked).
+    pub window: i64,
 }
 
-pub async fn gate_state(ex: impl PgExecutor<'_>) -> sqlx::Result<GateState> {
+pub async fn gate_state(ex: impl PgExecutor<'_>, window_max: i64) -> sqlx::Result<GateState> {
     sqlx::query_as!(
         GateState,
         r#"SELECT max_concurrency AS "limit!", coalesce(busy_until > now(), false) AS "busy!",
-                  (SELECT count(*) FROM jobs WHERE status = ANY(live_statuses())) AS "live!"
-           FROM gate"#
+                  (SELECT count(*) FROM jobs WHERE status = ANY(live_statuses())) AS "live!",
+                  (SELECT count(*) FROM (SELECT 1 FROM intake WHERE expires_at > now() LIMIT $1) w) AS "window!"
+           FROM gate"#,
+        window_max
     )
     .fetch_one(ex)
     .await
@@ -674,7 +678,11 @@ pub async fn transition(ex: impl PgExecutor<'_>, id: Uuid, t: &Transition<'_>) -
              FROM prev WHERE j.id = prev.id
              RETURNING j.*, prev.status AS from_status),
            ev AS (INSERT INTO job_events (job_id, from_status, to_status, attempt, reason)
-                  SELECT id, from_status, status, attempts, $5 FROM upd)
+                  SELECT id, from_status, status, attempts, $5 FROM upd),
+           -- Back to the queue: its message is released, so it leaves the
+           -- intake window (and enters again only with a new delivery).
+           out_of_window AS (DELETE FROM intake WHERE job_id = $1 AND $4 = 'queued'::job_status
+                             AND EXISTS (SELECT 1 FROM upd))
            SELECT id AS "id!", status AS "status!: JobStatus", payload::text AS "payload!",
                   attempts - busy_refusals AS "attempts!", created_at AS "created_at!", started_at, finished_at,
                   result::text AS result, error, key AS "key!", priority AS "priority!", available_at AS "available_at!"
@@ -781,19 +789,48 @@ impl Reserved {
 /// until when.
 #[derive(Debug)]
 pub struct Reservation {
-    pub jobs: Vec<Reserved>,
+    /// The reserved jobs, each with the receipt of its message.
+    pub jobs: Vec<(Reserved, Receipt)>,
     pub busy_until: Option<DateTime<Utc>>,
-    /// Candidates (queued and due) held back because their key is at its cap.
-    pub key_capped: Vec<Uuid>,
+    /// Of the received messages offered, the jobs now in the intake window;
+    /// the drain does nothing more with their messages.
+    pub taken_in: Vec<TakenIn>,
+    /// Free slots left after this reservation (the window had nothing more
+    /// that may go: empty, or its keys at their caps).
+    pub slots_left: i64,
 }
 
-/// Reserves slots for as many of `candidates` (queued and due) as the limit
-/// allows, marking them `dispatching`. This is the only place a job becomes
-/// live, and it runs under the gate lock: the live count read here cannot be
-/// changed by another reservation until this transaction commits. While a
-/// downstream's `Retry-After` is in force (`gate.busy_until`, written under
-/// the same lock) nothing is reserved, whatever a drain saw before.
-pub async fn reserve(pool: &PgPool, candidates: &[Uuid], dispatch_lease_secs: f64) -> sqlx::Result<Reservation> {
+/// The receipt of a message in the intake window, and until when it is
+/// valid (the message's visibility timeout).
+#[derive(Debug, Clone)]
+pub struct Receipt {
+    pub handle: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A received message of a job, offered to the intake window.
+pub struct Offer<'a> {
+    pub job: Uuid,
+    pub receipt: &'a str,
+}
+
+/// Takes received messages into the intake window (those of queued and
+/// dispatching jobs, see `take_in`), then reserves slots for up to
+/// `max` jobs of the whole window, marking them `dispatching`. This is the
+/// only place a job becomes live, and it runs under the gate lock: the live
+/// counts read here cannot be changed by another reservation until this
+/// transaction commits. While a downstream's `Retry-After` is in force
+/// (`gate.busy_until`, written under the same lock) nothing is reserved,
+/// whatever a drain saw before.
+///
+/// Fairness: each key may take `cap - live` more (its own cap, else the
+/// gate's `key_max_concurrency`, else no cap); the slots are given out by
+/// weighted share of occupied slots — `(live + n) / weight` for a key's
+/// n-th waiting job — and within a key by `created_at - priority`. Only a
+/// key's first `free` jobs are looked at (an index range per key, the keys
+/// found by a loose index scan), so a reservation costs the same whatever
+/// the backlog of one key.
+pub async fn reserve(pool: &PgPool, offers: &[Offer<'_>], window: &WindowTimes, max: i64) -> sqlx::Result<Reservation> {
     let mut tx = pool.begin().await?;
     // The argument below needs READ COMMITTED whatever the server's default
     // (under REPEATABLE READ the count would miss reservations committed
@@ -801,66 +838,89 @@ pub async fn reserve(pool: &PgPool, candidates: &[Uuid], dispatch_lease_secs: f6
     sqlx::query!("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
         .execute(&mut *tx)
         .await?;
-    // Statement 1 takes the lock (and reads the latest Retry-After); statement
-    // 2 starts after it is granted, so its snapshot sees every reservation
-    // committed before.
+    // Statement 1 takes the lock (and reads the latest Retry-After); the
+    // next ones start after it is granted, so their snapshots see every
+    // reservation committed before.
+    if max <= 0 {
+        // Taking messages in needs no lock: only reserving does.
+        let taken_in = take_in(&mut tx, offers, window).await?;
+        tx.commit().await?;
+        return Ok(Reservation {
+            jobs: Vec::new(),
+            busy_until: None,
+            taken_in,
+            slots_left: 0,
+        });
+    }
     let busy_until =
         sqlx::query_scalar!("SELECT CASE WHEN busy_until > now() THEN busy_until END FROM gate FOR UPDATE")
             .fetch_one(&mut *tx)
             .await?;
+    let taken_in = take_in(&mut tx, offers, window).await?;
     if busy_until.is_some() {
         tx.commit().await?;
         return Ok(Reservation {
             jobs: Vec::new(),
             busy_until,
-            key_capped: Vec::new(),
+            taken_in,
+            slots_left: 0,
         });
     }
-    // Of the candidates, each key may take `cap - live` more (its own cap,
-    // else the gate's key_max_concurrency, else no cap); the slots left are
-    // given out by weighted share of occupied slots — `(live + n) / weight`
-    // for a key's n-th candidate — and within a key by `created_at -
-    // priority`. Counted under the gate lock, so caps are exact like the
-    // limit. The last part lists the candidates held back by their key's cap.
     let rows = sqlx::query!(
-        r#"WITH free AS (
-             SELECT GREATEST((SELECT max_concurrency FROM gate)
-                    - (SELECT count(*) FROM jobs WHERE status = ANY(live_statuses())), 0) AS n),
-           cand AS (
-             SELECT id, key, created_at - make_interval(secs => priority) AS turn
-             FROM jobs WHERE id = ANY($1) AND status = 'queued' AND available_at <= now()),
+        r#"WITH RECURSIVE
+           free AS (
+             SELECT GREATEST(g.max_concurrency
+                    - (SELECT count(*) FROM jobs WHERE status = ANY(live_statuses())), 0) AS n,
+                    g.key_max_concurrency AS default_cap
+             FROM gate g),
+           window_keys AS (
+             (SELECT key FROM intake ORDER BY key LIMIT 1)
+             UNION ALL
+             SELECT (SELECT i.key FROM intake i WHERE i.key > w.key ORDER BY i.key LIMIT 1)
+             FROM window_keys w WHERE w.key IS NOT NULL),
+           live_by_key AS (
+             SELECT key, count(*) AS live FROM jobs WHERE status = ANY(live_statuses()) GROUP BY key),
            room AS (
-             SELECT c.key,
-                    coalesce(k.max_concurrency, (SELECT key_max_concurrency FROM gate)) AS cap,
-                    coalesce(k.weight, 1) AS weight,
-                    (SELECT count(*) FROM jobs l WHERE l.key = c.key AND l.status = ANY(live_statuses())) AS live
-             FROM (SELECT DISTINCT key FROM cand) c LEFT JOIN keys k ON k.key = c.key),
-           ranked AS (
-             SELECT c.id, c.turn, r.cap, r.weight, r.live,
-                    row_number() OVER (PARTITION BY c.key ORDER BY c.turn, c.id) AS n
-             FROM cand c JOIN room r ON r.key = c.key),
-           eligible AS (
-             SELECT id, turn, (live + n) / weight AS share FROM ranked WHERE cap IS NULL OR live + n <= cap),
+             SELECT w.key, coalesce(k.max_concurrency, f.default_cap) AS cap, coalesce(k.weight, 1) AS weight,
+                    coalesce(l.live, 0) AS live, LEAST(f.n, $1) AS free
+             FROM window_keys w CROSS JOIN free f LEFT JOIN keys k ON k.key = w.key
+                  LEFT JOIN live_by_key l ON l.key = w.key
+             WHERE w.key IS NOT NULL),
+           cand AS MATERIALIZED (
+             SELECT c.job_id, c.turn_at, c.receipt, c.expires_at, (r.live + c.n) / r.weight AS share
+             FROM room r CROSS JOIN LATERAL (
+               -- A key's window rows in turn, each job checked by its primary
+               -- key (a subquery, so no plan joins the window to a scan of jobs).
+               SELECT i.job_id, i.turn_at, i.receipt, i.expires_at,
+                      row_number() OVER (ORDER BY i.turn_at, i.job_id) AS n
+               FROM intake i
+               WHERE i.key = r.key AND i.expires_at > now() + make_interval(secs => $4)
+                 AND (SELECT j.status = 'queued' AND j.available_at <= now() FROM jobs j WHERE j.id = i.job_id)
+               ORDER BY i.turn_at, i.job_id
+               LIMIT CASE WHEN r.cap IS NULL THEN r.free ELSE LEAST(r.free, GREATEST(r.cap - r.live, 0)) END) c),
            picked AS (
-             SELECT j.id FROM jobs j JOIN eligible e ON e.id = j.id
+             SELECT j.id, c.receipt, c.expires_at FROM cand c JOIN jobs j ON j.id = c.job_id
              WHERE j.status = 'queued' AND j.available_at <= now()
-             ORDER BY e.share, e.turn, j.id LIMIT (SELECT n FROM free)
+             ORDER BY c.share, c.turn_at, j.id LIMIT LEAST((SELECT n FROM free), $1)
              FOR UPDATE OF j),
            upd AS (
              UPDATE jobs j SET status = 'dispatching', attempts = j.attempts + 1,
                     lease_expires_at = now() + make_interval(secs => $2)
              FROM picked WHERE j.id = picked.id
              RETURNING j.id, j.attempts, j.attempts - j.busy_refusals AS used, j.payload::text AS payload,
-                       j.max_attempts, j.timeout_secs),
+                       j.max_attempts, j.timeout_secs, picked.receipt, picked.expires_at),
            ev AS (INSERT INTO job_events (job_id, from_status, to_status, attempt, reason)
                   SELECT id, 'queued', 'dispatching', attempts, $3 FROM upd)
-           SELECT id AS "id!", attempts, used, payload, max_attempts, timeout_secs, false AS "capped!"
+           SELECT id AS "id?", attempts AS "attempts?", used AS "used?", payload AS "payload?",
+                  max_attempts AS "max_attempts?", timeout_secs AS "timeout_secs?", receipt AS "receipt?",
+                  expires_at AS "expires_at?", NULL::bigint AS "free?"
            FROM upd
            UNION ALL
-           SELECT id, NULL, NULL, NULL, NULL, NULL, true FROM cand WHERE id NOT IN (SELECT id FROM eligible)"#,
-        candidates,
-        dispatch_lease_secs,
+           SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, n FROM free"#,
+        max,
+        window.dispatch_lease_secs,
         reasons::RESERVED,
+        window.receipt_margin_secs,
     )
     .fetch_all(&mut *tx)
     .await?;
@@ -868,27 +928,176 @@ pub async fn reserve(pool: &PgPool, candidates: &[Uuid], dispatch_lease_secs: f6
     let mut reservation = Reservation {
         jobs: Vec::new(),
         busy_until,
-        key_capped: Vec::new(),
+        taken_in,
+        slots_left: 0,
     };
+    let mut free = 0;
     for r in rows {
-        if r.capped {
-            reservation.key_capped.push(r.id);
+        if let Some(n) = r.free {
+            free = n.min(max);
             continue;
         }
-        let (Some(attempt), Some(used), Some(payload), Some(max_attempts), Some(timeout_secs)) =
-            (r.attempts, r.used, r.payload, r.max_attempts, r.timeout_secs)
+        let (
+            Some(id),
+            Some(attempt),
+            Some(used),
+            Some(payload),
+            Some(max_attempts),
+            Some(timeout_secs),
+            Some(handle),
+            Some(expires_at),
+        ) = (
+            r.id,
+            r.attempts,
+            r.used,
+            r.payload,
+            r.max_attempts,
+            r.timeout_secs,
+            r.receipt,
+            r.expires_at,
+        )
         else {
             unreachable!("a reserved row has every column");
         };
-        reservation.jobs.push(Reserved {
-            attempt: AttemptRef::new(r.id, attempt),
+        let job = Reserved {
+            attempt: AttemptRef::new(id, attempt),
             attempts_used: used,
             payload: RawValue::from_string(payload).expect("a json column holds valid JSON"),
             max_attempts,
             timeout_secs,
-        });
+        };
+        reservation.jobs.push((job, Receipt { handle, expires_at }));
     }
+    reservation.slots_left = (free - reservation.jobs.len() as i64).max(0);
     Ok(reservation)
+}
+
+/// How long the intake window may rely on a message's receipt.
+#[derive(Debug, Clone, Copy)]
+pub struct WindowTimes {
+    /// The visibility timeout messages were received with.
+    pub visibility_secs: f64,
+    /// A reserved job's dispatch lease.
+    pub dispatch_lease_secs: f64,
+    /// A job is reserved only if its receipt stays valid at least this much
+    /// longer (enough for the submission and the message action after it).
+    pub receipt_margin_secs: f64,
+}
+
+/// A job taken into the intake window, and whether it could go now (it is
+/// `queued` and due: not waiting out a back-off or still `dispatching`).
+#[derive(Debug, Clone, Copy)]
+pub struct TakenIn {
+    pub job: Uuid,
+    pub ready: bool,
+}
+
+/// Takes the offered messages of queued or dispatching jobs into the intake
+/// window (a job already there gets the newer receipt). A queued job not yet
+/// due waits there for its time; a dispatching one (its submission's
+/// outcome unknown, or its replica gone) is there when its lease sends it
+/// back to the queue. Messages of other jobs are not taken in.
+async fn take_in(
+    tx: &mut Transaction<'_, Postgres>,
+    offers: &[Offer<'_>],
+    window: &WindowTimes,
+) -> sqlx::Result<Vec<TakenIn>> {
+    if offers.is_empty() {
+        return Ok(Vec::new());
+    }
+    // One row per job (a message delivered twice in one batch: the later
+    // receipt), or the upsert would touch a row twice.
+    let mut latest: HashMap<Uuid, &str> = HashMap::with_capacity(offers.len());
+    for o in offers {
+        latest.insert(o.job, o.receipt);
+    }
+    let (ids, receipts): (Vec<Uuid>, Vec<String>) = latest.into_iter().map(|(id, r)| (id, r.to_owned())).unzip();
+    let rows = sqlx::query!(
+        r#"WITH src AS (
+             SELECT j.id, j.key, j.created_at - make_interval(secs => j.priority) AS turn_at, r.receipt,
+                    j.status = 'queued' AND j.available_at <= now() AS ready
+             FROM unnest($1::uuid[], $2::text[]) AS r(id, receipt) JOIN jobs j ON j.id = r.id
+             WHERE j.status IN ('queued', 'dispatching')),
+           ins AS (
+             INSERT INTO intake (job_id, key, turn_at, receipt, expires_at)
+             SELECT id, key, turn_at, receipt, now() + make_interval(secs => $3) FROM src
+             ON CONFLICT (job_id) DO UPDATE SET receipt = EXCLUDED.receipt, expires_at = EXCLUDED.expires_at
+             RETURNING job_id)
+           SELECT ins.job_id, src.ready AS "ready!" FROM ins JOIN src ON src.id = ins.job_id"#,
+        &ids,
+        &receipts,
+        window.visibility_secs - RECEIPT_SLACK_SECS,
+    )
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| TakenIn {
+            job: r.job_id,
+            ready: r.ready,
+        })
+        .collect())
+}
+
+/// Counted off a receipt's validity: the message was received a moment
+/// before its row is written.
+const RECEIPT_SLACK_SECS: f64 = 5.0;
+
+/// Removes jobs from the intake window once the drain has deleted or
+/// released their messages: each row only if it still holds the receipt
+/// used (a newer delivery taken in meanwhile stays).
+pub async fn leave_intake(ex: impl PgExecutor<'_>, left: &[(Uuid, String)]) -> sqlx::Result<()> {
+    if left.is_empty() {
+        return Ok(());
+    }
+    let (ids, receipts): (Vec<Uuid>, Vec<String>) = left.iter().cloned().unzip();
+    sqlx::query!(
+        "DELETE FROM intake i USING unnest($1::uuid[], $2::text[]) AS l(id, receipt)
+         WHERE i.job_id = l.id AND i.receipt = l.receipt",
+        &ids,
+        &receipts
+    )
+    .execute(ex)
+    .await?;
+    Ok(())
+}
+
+/// Puts queued (or still dispatching) jobs back into the intake window with the receipt they
+/// held: SQS could not release their message, so it is still hidden and in
+/// hand until the receipt expires.
+pub async fn back_into_window(ex: impl PgExecutor<'_>, held: &[(Uuid, Receipt)]) -> sqlx::Result<()> {
+    if held.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = held.iter().map(|(id, _)| *id).collect();
+    let handles: Vec<String> = held.iter().map(|(_, r)| r.handle.clone()).collect();
+    let until: Vec<DateTime<Utc>> = held.iter().map(|(_, r)| r.expires_at).collect();
+    sqlx::query!(
+        "INSERT INTO intake (job_id, key, turn_at, receipt, expires_at)
+         SELECT j.id, j.key, j.created_at - make_interval(secs => j.priority), h.receipt, h.until
+         FROM unnest($1::uuid[], $2::text[], $3::timestamptz[]) AS h(id, receipt, until) JOIN jobs j ON j.id = h.id
+         WHERE j.status IN ('queued', 'dispatching')
+         ON CONFLICT (job_id) DO NOTHING",
+        &ids,
+        &handles,
+        &until
+    )
+    .execute(ex)
+    .await?;
+    Ok(())
+}
+
+/// Removes window rows that can no longer serve: receipts past their
+/// visibility (the message shows again and is taken in anew) and jobs that
+/// finished. Returns how many went.
+pub async fn prune_intake(ex: impl PgExecutor<'_>) -> sqlx::Result<u64> {
+    Ok(sqlx::query!(
+        "DELETE FROM intake i USING jobs j
+         WHERE j.id = i.job_id AND (i.expires_at < now() OR j.status = ANY(terminal_statuses()))"
+    )
+    .execute(ex)
+    .await?
+    .rows_affected())
 }
 
 /// What a drain needs to know of a received message's job.
@@ -913,10 +1122,13 @@ pub async fn due_states(ex: impl PgExecutor<'_>, ids: &[Uuid]) -> sqlx::Result<V
     .await
 }
 
-/// Whether any queued job is due now (its message should be receivable).
+/// Whether any queued job is due now whose message is not in the intake
+/// window (so it should be receivable).
 pub async fn any_queued_due(ex: impl PgExecutor<'_>) -> sqlx::Result<bool> {
     sqlx::query_scalar!(
-        r#"SELECT EXISTS (SELECT 1 FROM jobs WHERE status = 'queued' AND available_at <= now()) AS "due!""#
+        r#"SELECT EXISTS (SELECT 1 FROM jobs j WHERE j.status = 'queued' AND j.available_at <= now()
+                            AND NOT EXISTS (SELECT 1 FROM intake i WHERE i.job_id = j.id AND i.expires_at > now()))
+               AS "due!""#
     )
     .fetch_one(ex)
     .await
@@ -967,12 +1179,14 @@ pub async fn now_minus(ex: impl PgExecutor<'_>, secs: f64) -> sqlx::Result<DateT
         .await
 }
 
-/// Queued jobs whose message was last sent before `sent_before`, oldest
-/// first. A job whose message is re-sent moves past the cut-off, so a loop
+/// Queued jobs whose message was last sent before `sent_before` and is not
+/// in the intake window, oldest first. A job whose message is re-sent moves past the cut-off, so a loop
 /// over this with a fixed cut-off ends.
 pub async fn stale_queued(ex: impl PgExecutor<'_>, sent_before: DateTime<Utc>, limit: i64) -> sqlx::Result<Vec<Uuid>> {
     sqlx::query_scalar!(
-        "SELECT id FROM jobs WHERE status = 'queued' AND enqueued_at < $1 ORDER BY enqueued_at, id LIMIT $2",
+        "SELECT id FROM jobs j WHERE status = 'queued' AND enqueued_at < $1
+           AND NOT EXISTS (SELECT 1 FROM intake i WHERE i.job_id = j.id AND i.expires_at > now())
+         ORDER BY enqueued_at, id LIMIT $2",
         sent_before,
         limit
     )

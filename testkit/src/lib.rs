@@ -11,6 +11,7 @@
 //! - [`Downstream`]: the fake downstream (`sluicegate::fake_downstream`, the
 //!   core `sluicegate demo-downstream` also runs) on a port of its own.
 //! - [`Proxy`]: a TCP proxy that cuts a dependency off and brings it back.
+//! - [`reserve_ids`]: a drain's reservation without SQS.
 //! - [`eventually`], [`assert_problem`].
 
 mod app;
@@ -20,6 +21,7 @@ mod db;
 mod downstream;
 mod emulator;
 mod proxy;
+mod reserve;
 mod sqs;
 
 pub use app::{Builder, TestApp, app};
@@ -29,4 +31,5 @@ pub use db::{TestDb, admin_url, drop_stale_databases, postgres_addr};
 pub use downstream::{Counters, Downstream, FakeDownstream, Hook, HookSlot, Reply, Seen, Work, futures_like};
 pub use emulator::{Emulator, SqsEmulator};
 pub use proxy::{Proxy, addr_of};
+pub use reserve::reserve_ids;
 pub use sqs::{create_queue, fast_sqs_endpoint, sqs_client, sqs_endpoint};

@@ -205,7 +205,9 @@ async fn a_refused_connection_uses_an_attempt_and_is_retried() {
     let job = app.job(&id).await;
     assert_eq!(
         (job["status"].as_str(), job["attempts"].as_i64()),
-        (Some("queued"), Some(1))
+        (Some("queued"), Some(1)),
+        "{report} {:#?}",
+        app.events(&id).await
     );
     assert_eq!(job["error"], "downstream connection error");
 }
@@ -539,7 +541,7 @@ async fn a_reservation_honours_a_retry_after_recorded_after_the_drain_looked() {
         .await
         .unwrap();
     let uuid: uuid::Uuid = id.parse().unwrap();
-    let r = sluicegate::store::reserve(&app.state.db, &[uuid], 70.0).await.unwrap();
+    let r = reserve_ids(&app.state.db, &[uuid]).await.unwrap();
     assert!(r.jobs.is_empty(), "nothing is reserved while Retry-After is in force");
     assert!(r.busy_until.is_some());
     assert_eq!(app.status_of(&id).await, "queued");
@@ -547,7 +549,7 @@ async fn a_reservation_honours_a_retry_after_recorded_after_the_drain_looked() {
         .execute(&app.db)
         .await
         .unwrap();
-    let r = sluicegate::store::reserve(&app.state.db, &[uuid], 70.0).await.unwrap();
+    let r = reserve_ids(&app.state.db, &[uuid]).await.unwrap();
     assert_eq!(r.jobs.len(), 1);
 }
 

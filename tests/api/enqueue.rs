@@ -338,7 +338,7 @@ async fn a_stalled_sqs_send_is_cut_at_the_enqueue_timeout_and_stores_nothing() {
 }
 
 #[tokio::test]
-async fn the_service_pool_ends_a_transaction_left_idle_past_the_enqueue_timeout() {
+async fn the_service_pool_ends_a_transaction_left_idle_past_the_enqueue_timeout_and_has_no_jit() {
     // What keeps a stalled enqueue from committing late: Postgres ends any
     // session of the service's pool that sits in a transaction longer than
     // ENQUEUE_TIMEOUT_SECS.
@@ -346,6 +346,8 @@ async fn the_service_pool_ends_a_transaction_left_idle_past_the_enqueue_timeout(
     let mut config = base_config(&db.url, "http://127.0.0.1:9/q", "http://127.0.0.1:9/");
     config.enqueue_timeout_secs = 1;
     let pool = sluicegate::startup::pool(&config).unwrap();
+    let jit: String = sqlx::query_scalar("SHOW jit").fetch_one(&pool).await.unwrap();
+    assert_eq!(jit, "off", "no JIT compilation of the service's short queries");
     let mut tx = pool.begin().await.unwrap();
     sqlx::query("SELECT 1").execute(&mut *tx).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1600)).await;

@@ -335,3 +335,104 @@ async fn keys_and_limits_endpoints_follow_the_contract() {
         .unwrap();
     assert!(limits["key_max_concurrency"].is_null());
 }
+
+/// Jobs in the intake window, per key.
+async fn in_window(app: &TestApp, key: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM intake WHERE key = $1")
+        .bind(key)
+        .fetch_one(&app.db)
+        .await
+        .unwrap()
+}
+
+fn jobs_of(key: &str, n: usize) -> Vec<Value> {
+    (0..n)
+        .map(|i| json!({"payload": {"k": key, "i": i}, "key": key}))
+        .collect()
+}
+
+/// Paused (limit 0), drains take every message into the intake window;
+/// then the limit opens. What the drain dispatches then is chosen from the
+/// whole window.
+async fn take_all_in(app: &TestApp, keys: &[(&str, i64)]) {
+    for _ in 0..40 {
+        let mut all = true;
+        for (key, n) in keys {
+            all &= in_window(app, key).await == *n;
+        }
+        if all {
+            return;
+        }
+        assert_eq!(app.drain().await["stop_reason"], "at_capacity");
+    }
+    panic!("the intake window never held every message");
+}
+
+#[tokio::test]
+async fn a_small_key_is_not_stuck_behind_a_large_keys_backlog() {
+    // One standard queue: 300 messages of `big`, then 5 of `small`. A drain
+    // that dispatched the next messages SQS delivers would give every slot to
+    // `big` until its backlog was gone; the window gives `small` its share.
+    let ds = Downstream::start(|_| Reply::status(202)).await;
+    let app = app().fast_sqs().downstream(&ds.url).spawn().await;
+    app.set_limit(0).await;
+    for _ in 0..3 {
+        app.submit_batch(jobs_of("big", 100)).await;
+    }
+    app.submit_batch(jobs_of("small", 5)).await;
+    take_all_in(&app, &[("big", 300), ("small", 5)]).await;
+    app.set_limit(4).await;
+    app.drain().await;
+    let held = per_key(&ds);
+    assert_eq!(held.get("small").copied(), Some(2), "{held:?}");
+    assert_eq!(held.get("big").copied(), Some(2), "{held:?}");
+    // The jobs left wait in the window: none of their messages went back.
+    assert_eq!(in_window(&app, "big").await + in_window(&app, "small").await, 301);
+}
+
+#[tokio::test]
+async fn weights_share_the_slots_of_a_binding_limit() {
+    let ds = Downstream::start(|_| Reply::status(202)).await;
+    let app = app().downstream(&ds.url).spawn().await;
+    app.set_limit(0).await;
+    assert_eq!(put(&app, "/keys/heavy", json!({"weight": 3})).await.status(), 200);
+    app.submit_batch(jobs_of("light", 20)).await;
+    app.submit_batch(jobs_of("heavy", 20)).await;
+    take_all_in(&app, &[("light", 20), ("heavy", 20)]).await;
+    app.set_limit(8).await;
+    app.drain().await;
+    let held = per_key(&ds);
+    // Weighted shares of the 8 slots: 6 and 2.
+    assert_eq!(
+        (held.get("heavy").copied(), held.get("light").copied()),
+        (Some(6), Some(2)),
+        "{held:?}"
+    );
+}
+
+#[tokio::test]
+async fn priority_moves_a_job_ahead_within_its_key_by_at_most_its_seconds() {
+    let ds = Downstream::start(|_| Reply::status(202)).await;
+    let app = app().downstream(&ds.url).spawn().await;
+    app.set_limit(0).await;
+    let late = |i: i64, priority: i64| json!({"payload": {"k": "t", "i": i}, "key": "t", "priority": priority});
+    let mut batch: Vec<Value> = (0..4).map(|i| late(i, 0)).collect();
+    batch.insert(0, late(-1, -3600));
+    app.submit_batch(batch).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Submitted a second after the others: ahead of them only with a
+    // priority of more than that second.
+    app.submit_batch(vec![late(10, 3600), late(11, 0)]).await;
+    take_all_in(&app, &[("t", 7)]).await;
+    app.set_limit(1).await;
+    let mut order = Vec::new();
+    for _ in 0..7 {
+        app.drain().await;
+        let s = ds.seen().last().unwrap().clone();
+        order.push(s.body["payload"]["i"].as_i64().unwrap());
+        let token = s.body["callback_token"].as_str().unwrap().to_owned();
+        let r = app.callback(&s.job_id, &token, json!({"status": "succeeded"})).await;
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(order, vec![10, 0, 1, 2, 3, 11, -1]);
+}

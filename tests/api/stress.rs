@@ -305,3 +305,190 @@ async fn the_limit_holds_with_two_replicas_racing_drains_and_a_hostile_downstrea
     assert_eq!(bad, 0);
     worker.abort();
 }
+
+/// Records every change of a key's cap with the database's clock. `PUT
+/// /keys/{key}` takes the gate lock first, so the log is ordered with the
+/// reservations exactly as the limit's is.
+const CAP_LOG: &str = "
+    CREATE TABLE stress_cap_log (at timestamptz NOT NULL, key text NOT NULL, cap int);
+    CREATE FUNCTION stress_log_cap() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN INSERT INTO stress_cap_log VALUES (clock_timestamp(), NEW.key, NEW.max_concurrency); RETURN NULL; END $$;
+    CREATE TRIGGER stress_log_cap AFTER INSERT OR UPDATE OF max_concurrency ON keys
+        FOR EACH ROW EXECUTE FUNCTION stress_log_cap();";
+
+/// What the downstream holds per key, and, for every accepted submission,
+/// what it held of that submission's key right after it arrived.
+#[derive(Default)]
+struct KeyLedger {
+    held: HashMap<String, (String, i64)>,
+    arrivals: Vec<(String, Vec<(String, i64)>)>,
+    max_held_of_a_key: usize,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn key_caps_hold_with_two_replicas_racing_drains_and_caps_changing() {
+    const KEYS: [&str; 3] = ["k0", "k1", "k2"];
+    let ledger = Arc::new(Mutex::new(KeyLedger::default()));
+    let (finish_tx, mut finish_rx) = tokio::sync::mpsc::unbounded_channel::<(Seen, Duration)>();
+    let rng = Arc::new(Mutex::new(StdRng::seed_from_u64(12)));
+    let (l, r) = (ledger.clone(), rng.clone());
+    let ds = Downstream::start(move |s: &Seen| {
+        let key = s.body["payload"]["k"].as_str().unwrap().to_owned();
+        let mut ledger = l.lock().unwrap();
+        ledger.held.insert(s.job_id.clone(), (key.clone(), s.attempt));
+        let of_key: Vec<(String, i64)> = ledger
+            .held
+            .iter()
+            .filter(|(_, (k, _))| *k == key)
+            .map(|(id, (_, a))| (id.clone(), *a))
+            .collect();
+        ledger.max_held_of_a_key = ledger.max_held_of_a_key.max(of_key.len());
+        ledger.arrivals.push((key, of_key));
+        let work = Duration::from_millis(r.lock().unwrap().random_range(20..150));
+        finish_tx.send((s.clone(), work)).unwrap();
+        Reply::status(202)
+    })
+    .await;
+    let a = Arc::new(
+        app()
+            .fast_sqs()
+            .downstream(&ds.url)
+            .config(|c| {
+                c.max_concurrency = 12;
+                c.drain_budget_ms = 1500;
+                c.refill_on_callback = true;
+            })
+            .spawn()
+            .await,
+    );
+    let b = Arc::new(a.replica().await);
+    sqlx::raw_sql(CAP_LOG).execute(&a.db).await.unwrap();
+    let put_cap = |app: Arc<TestApp>, key: &'static str, cap: i64| async move {
+        let r = app
+            .http
+            .put(app.url(&format!("/keys/{key}")))
+            .bearer_auth(API_TOKEN)
+            .json(&json!({"max_concurrency": cap}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    };
+    for key in KEYS {
+        put_cap(a.clone(), key, 2).await;
+    }
+    let (l, http) = (ledger.clone(), a.http.clone());
+    let worker = tokio::spawn(async move {
+        while let Some((s, work)) = finish_rx.recv().await {
+            let (l, http) = (l.clone(), http.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(work).await;
+                l.lock().unwrap().held.remove(&s.job_id);
+                let _ = http
+                    .post(s.body["callback_url"].as_str().unwrap())
+                    .bearer_auth(s.body["callback_token"].as_str().unwrap())
+                    .json(&json!({"status": "succeeded"}))
+                    .send()
+                    .await;
+            });
+        }
+    });
+    let jobs: Vec<Value> = (0..120)
+        .map(|i| json!({"payload": {"k": KEYS[i % 3], "i": i}, "key": KEYS[i % 3]}))
+        .collect();
+    a.submit_batch(jobs).await;
+
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut callers = Vec::new();
+    for k in 0..4 {
+        let app = if k % 2 == 0 { a.clone() } else { b.clone() };
+        callers.push(tokio::spawn(async move {
+            while Instant::now() < deadline {
+                let r = app
+                    .http
+                    .post(app.url("/drain"))
+                    .bearer_auth(DRAIN_TOKEN)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                let done: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status <> 'succeeded'")
+                    .fetch_one(&app.db)
+                    .await
+                    .unwrap();
+                if done == 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }));
+    }
+    let changer = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(5);
+            for _ in 0..20 {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                let key = KEYS[rng.random_range(0..3)];
+                put_cap(a.clone(), key, rng.random_range(0..=3)).await;
+            }
+            for key in KEYS {
+                put_cap(a.clone(), key, 3).await;
+            }
+        })
+    };
+    changer.await.unwrap();
+    for c in callers {
+        c.await.unwrap();
+    }
+    worker.abort();
+
+    // Every arrival against the cap of its key in force at the reservation
+    // of the newest submission of that key the downstream then held.
+    use chrono::{DateTime, Utc};
+    let caps: Vec<(DateTime<Utc>, String, Option<i32>)> =
+        sqlx::query_as("SELECT at, key, cap FROM stress_cap_log ORDER BY at")
+            .fetch_all(&a.db)
+            .await
+            .unwrap();
+    let reserved: HashMap<(String, i64), DateTime<Utc>> = sqlx::query_as::<_, (String, i32, DateTime<Utc>)>(
+        "SELECT job_id::text, attempt, at FROM job_events WHERE from_status = 'queued' AND to_status = 'dispatching'",
+    )
+    .fetch_all(&a.db)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|(id, attempt, at)| ((id, i64::from(attempt)), at))
+    .collect();
+    let (arrivals, max_held_of_a_key) = {
+        let ledger = ledger.lock().unwrap();
+        (ledger.arrivals.clone(), ledger.max_held_of_a_key)
+    };
+    let mut violations = Vec::new();
+    for (key, held) in &arrivals {
+        let newest = held
+            .iter()
+            .map(|(id, at)| reserved[&(id.clone(), *at)])
+            .max()
+            .expect("an arrival holds at least itself");
+        let cap = caps
+            .iter()
+            .rev()
+            .find(|(at, k, _)| k == key && *at < newest)
+            .map(|(_, _, c)| *c)
+            .expect("every key had a cap before its jobs were submitted");
+        if cap.is_some_and(|c| held.len() as i64 > i64::from(c)) {
+            violations.push(format!("{key} held {} with a cap of {cap:?}: {held:?}", held.len()));
+        }
+    }
+    assert!(violations.is_empty(), "{violations:?}");
+    assert!(
+        max_held_of_a_key >= 2,
+        "the test exercised concurrency within a key (max {max_held_of_a_key})"
+    );
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status <> 'succeeded'")
+        .fetch_one(&a.db)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "every job ran to the end");
+}
