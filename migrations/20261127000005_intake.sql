@@ -12,8 +12,13 @@ CREATE TABLE intake (
     -- created_at - priority: the job's place in line within its key
     turn_at    TIMESTAMPTZ NOT NULL,
     receipt    TEXT        NOT NULL,
-    expires_at TIMESTAMPTZ NOT NULL
+    expires_at TIMESTAMPTZ NOT NULL,
+    -- its job was reserved (dispatching): the row stays until the dispatch
+    -- has acted on the message, and serves again if the lease sends the job
+    -- back to the queue
+    reserved   BOOLEAN     NOT NULL DEFAULT false
 );
--- A key's next jobs, in turn (and the distinct keys, by a loose index scan).
-CREATE INDEX intake_key_turn ON intake (key, turn_at, job_id);
+-- A key's next jobs, in turn (and the distinct keys, by a loose index scan);
+-- reserved rows are not in it, so a reservation never walks past them.
+CREATE INDEX intake_key_turn ON intake (key, turn_at, job_id) WHERE NOT reserved;
 CREATE INDEX intake_expires ON intake (expires_at);

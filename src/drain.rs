@@ -228,12 +228,17 @@ pub async fn drain(state: &AppState) -> anyhow::Result<DrainReport> {
         // With free slots, receive for them (a long poll only when the window
         // had nothing left that may go). Without, keep taking messages into
         // the window for a while: other keys' jobs may wait behind a backlog.
-        let messages = if free > 0 && long_poll_next {
-            long_poll(state, stop_taking_by).await
-        } else if free > 0 || (gate.window < WINDOW_MAX && Instant::now() < intake_until && state.intake.is_open()) {
-            receive(state).await
-        } else {
+        // A full window takes no more: jobs further back in SQS are seen as
+        // it empties.
+        let room = gate.window < WINDOW_MAX;
+        let messages = if free == 0 && !(room && Instant::now() < intake_until && state.intake.is_open()) {
             break Ok(StopReason::AtCapacity);
+        } else if !room {
+            Ok(Vec::new())
+        } else if long_poll_next {
+            long_poll(state, stop_taking_by).await
+        } else {
+            receive(state).await
         };
         let messages = match messages {
             Ok(m) => m,
@@ -242,8 +247,8 @@ pub async fn drain(state: &AppState) -> anyhow::Result<DrainReport> {
         if free == 0 && messages.is_empty() {
             break Ok(StopReason::AtCapacity);
         }
-        // The long poll was the last chance: the window had nothing that
-        // may go, and SQS nothing more.
+        // The long poll was the last chance (or the window is full): the
+        // window had nothing that may go, and SQS nothing more.
         if long_poll_next && messages.is_empty() {
             break Ok(StopReason::QueueEmpty);
         }

@@ -17,7 +17,7 @@ use sqlx::{PgExecutor, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::{
-    domain::{IdempotencyKey, Job, JobEvent, JobSpec, WaitingOn},
+    domain::{DEFAULT_KEY, IdempotencyKey, Job, JobEvent, JobSpec, WaitingOn},
     lifecycle::{AttemptRef, JobStatus, Lease, Transition, reasons},
 };
 
@@ -414,7 +414,10 @@ pub async fn insert_jobs(
     let flow_keys: Vec<String> = jobs.iter().map(|j| j.spec.key.as_str().to_owned()).collect();
     let priorities: Vec<i32> = jobs.iter().map(|j| j.spec.priority).collect();
     // The statement also reads why the new jobs wait (the same facts as
-    // `explain_waiting`, in the same snapshot): no second round trip.
+    // `explain_waiting`, in the same snapshot): no second round trip. Only
+    // for the first item's key (a single submission's, and usually a
+    // batch's): facts per key of the input would make Postgres plan the
+    // statement anew on every call (its generic plan then looks dearer).
     let rows = sqlx::query!(
         r#"WITH input AS (
              SELECT * FROM unnest($1::uuid[], $2::text[], $3::int[], $4::int[], $5::text[], $6::bytea[],
@@ -435,16 +438,16 @@ pub async fn insert_jobs(
                     (SELECT count(*) FROM jobs WHERE status = ANY(live_statuses())) AS live
              FROM gate g),
            key_now AS (
-             SELECT u.key, coalesce(k.max_concurrency, (SELECT key_max_concurrency FROM gate_now)) AS cap,
-                    (SELECT count(*) FROM jobs l WHERE l.key = u.key AND l.status = ANY(live_statuses())) AS live
-             FROM (SELECT DISTINCT key FROM input) u LEFT JOIN keys k ON k.key = u.key)
+             SELECT $10::text AS key, coalesce(k.max_concurrency, (SELECT key_max_concurrency FROM gate_now)) AS cap,
+                    (SELECT count(*) FROM jobs l WHERE l.key = $10 AND l.status = ANY(live_statuses())) AS live
+             FROM (SELECT 1) one LEFT JOIN keys k ON k.key = $10)
            SELECT i.id AS "id!", i.status AS "status!: JobStatus", i.payload::text AS "payload!",
                   i.attempts - i.busy_refusals AS "attempts!", i.created_at AS "created_at!", i.started_at,
                   i.finished_at, i.result::text AS result, i.error, i.key AS "key!", i.priority AS "priority!",
                   i.available_at AS "available_at!",
                   g.max_concurrency AS "limit!", g.busy_until, g.now AS "now!", g.live AS "live!",
-                  k.cap AS key_cap, k.live AS "key_live!"
-           FROM ins i CROSS JOIN gate_now g JOIN key_now k ON k.key = i.key"#,
+                  k.cap AS key_cap, k.live AS "key_live?"
+           FROM ins i CROSS JOIN gate_now g LEFT JOIN key_now k ON k.key = i.key"#,
         &ids,
         &payloads,
         &timeouts,
@@ -454,6 +457,7 @@ pub async fn insert_jobs(
         Transition::submitted(),
         &flow_keys,
         &priorities,
+        flow_keys.first().map(String::as_str).unwrap_or(DEFAULT_KEY),
     )
     .fetch_all(&mut **tx)
     .await?;
@@ -465,12 +469,12 @@ pub async fn insert_jobs(
             busy_until: r.busy_until,
             now: r.now,
         };
-        let key_room = KeyRoom {
-            cap: r.key_cap,
-            live: r.key_live,
-        };
+        let key_room = r.key_live.map(|live| KeyRoom { cap: r.key_cap, live });
         let mut job = Job::from(job_row!(r));
-        (job.waiting_on, job.not_before) = now.explain(&job, key_room);
+        // Jobs of other keys than the first are explained by the caller.
+        if let Some(room) = key_room {
+            (job.waiting_on, job.not_before) = now.explain(&job, room);
+        }
         inserted.insert(job.id, job);
     }
 
@@ -874,9 +878,9 @@ pub async fn reserve(pool: &PgPool, offers: &[Offer<'_>], window: &WindowTimes, 
                     g.key_max_concurrency AS default_cap
              FROM gate g),
            window_keys AS (
-             (SELECT key FROM intake ORDER BY key LIMIT 1)
+             (SELECT key FROM intake WHERE NOT reserved ORDER BY key LIMIT 1)
              UNION ALL
-             SELECT (SELECT i.key FROM intake i WHERE i.key > w.key ORDER BY i.key LIMIT 1)
+             SELECT (SELECT i.key FROM intake i WHERE i.key > w.key AND NOT i.reserved ORDER BY i.key LIMIT 1)
              FROM window_keys w WHERE w.key IS NOT NULL),
            live_by_key AS (
              SELECT key, count(*) AS live FROM jobs WHERE status = ANY(live_statuses()) GROUP BY key),
@@ -894,7 +898,7 @@ pub async fn reserve(pool: &PgPool, offers: &[Offer<'_>], window: &WindowTimes, 
                SELECT i.job_id, i.turn_at, i.receipt, i.expires_at,
                       row_number() OVER (ORDER BY i.turn_at, i.job_id) AS n
                FROM intake i
-               WHERE i.key = r.key AND i.expires_at > now() + make_interval(secs => $4)
+               WHERE i.key = r.key AND NOT i.reserved AND i.expires_at > now() + make_interval(secs => $4)
                  AND (SELECT j.status = 'queued' AND j.available_at <= now() FROM jobs j WHERE j.id = i.job_id)
                ORDER BY i.turn_at, i.job_id
                LIMIT CASE WHEN r.cap IS NULL THEN r.free ELSE LEAST(r.free, GREATEST(r.cap - r.live, 0)) END) c),
@@ -910,7 +914,8 @@ pub async fn reserve(pool: &PgPool, offers: &[Offer<'_>], window: &WindowTimes, 
              RETURNING j.id, j.attempts, j.attempts - j.busy_refusals AS used, j.payload::text AS payload,
                        j.max_attempts, j.timeout_secs, picked.receipt, picked.expires_at),
            ev AS (INSERT INTO job_events (job_id, from_status, to_status, attempt, reason)
-                  SELECT id, 'queued', 'dispatching', attempts, $3 FROM upd)
+                  SELECT id, 'queued', 'dispatching', attempts, $3 FROM upd),
+           held AS (UPDATE intake SET reserved = true FROM upd WHERE intake.job_id = upd.id)
            SELECT id AS "id?", attempts AS "attempts?", used AS "used?", payload AS "payload?",
                   max_attempts AS "max_attempts?", timeout_secs AS "timeout_secs?", receipt AS "receipt?",
                   expires_at AS "expires_at?", NULL::bigint AS "free?"
@@ -1015,13 +1020,14 @@ async fn take_in(
     let rows = sqlx::query!(
         r#"WITH src AS (
              SELECT j.id, j.key, j.created_at - make_interval(secs => j.priority) AS turn_at, r.receipt,
-                    j.status = 'queued' AND j.available_at <= now() AS ready
+                    j.status = 'queued' AND j.available_at <= now() AS ready, j.status = 'dispatching' AS reserved
              FROM unnest($1::uuid[], $2::text[]) AS r(id, receipt) JOIN jobs j ON j.id = r.id
              WHERE j.status IN ('queued', 'dispatching')),
            ins AS (
-             INSERT INTO intake (job_id, key, turn_at, receipt, expires_at)
-             SELECT id, key, turn_at, receipt, now() + make_interval(secs => $3) FROM src
-             ON CONFLICT (job_id) DO UPDATE SET receipt = EXCLUDED.receipt, expires_at = EXCLUDED.expires_at
+             INSERT INTO intake (job_id, key, turn_at, receipt, expires_at, reserved)
+             SELECT id, key, turn_at, receipt, now() + make_interval(secs => $3), reserved FROM src
+             ON CONFLICT (job_id) DO UPDATE
+               SET receipt = EXCLUDED.receipt, expires_at = EXCLUDED.expires_at, reserved = EXCLUDED.reserved
              RETURNING job_id)
            SELECT ins.job_id, src.ready AS "ready!" FROM ins JOIN src ON src.id = ins.job_id"#,
         &ids,
@@ -1073,8 +1079,9 @@ pub async fn back_into_window(ex: impl PgExecutor<'_>, held: &[(Uuid, Receipt)])
     let handles: Vec<String> = held.iter().map(|(_, r)| r.handle.clone()).collect();
     let until: Vec<DateTime<Utc>> = held.iter().map(|(_, r)| r.expires_at).collect();
     sqlx::query!(
-        "INSERT INTO intake (job_id, key, turn_at, receipt, expires_at)
-         SELECT j.id, j.key, j.created_at - make_interval(secs => j.priority), h.receipt, h.until
+        "INSERT INTO intake (job_id, key, turn_at, receipt, expires_at, reserved)
+         SELECT j.id, j.key, j.created_at - make_interval(secs => j.priority), h.receipt, h.until,
+                j.status = 'dispatching'
          FROM unnest($1::uuid[], $2::text[], $3::timestamptz[]) AS h(id, receipt, until) JOIN jobs j ON j.id = h.id
          WHERE j.status IN ('queued', 'dispatching')
          ON CONFLICT (job_id) DO NOTHING",
@@ -1160,7 +1167,10 @@ pub async fn reclaim_expired(ex: impl PgExecutor<'_>) -> sqlx::Result<Vec<(JobSt
            ev AS (INSERT INTO job_events (job_id, from_status, to_status, attempt, reason)
                   SELECT id, from_status, status, attempts,
                          CASE WHEN from_status = 'running' THEN $3 ELSE $4 END
-                  FROM upd)
+                  FROM upd),
+           -- Back in the queue with its message still in hand: in the window again.
+           back AS (UPDATE intake SET reserved = false FROM upd
+                    WHERE intake.job_id = upd.id AND upd.status = 'queued')
            SELECT status AS "status!: JobStatus", count(*) AS "n!" FROM upd GROUP BY status"#,
         reasons::LEASE_EXPIRED_ERROR,
         reasons::DISPATCH_LEASE_EXPIRED_ERROR,

@@ -15,7 +15,7 @@
 //! and the real application (in this process for a–c; the release binary as
 //! a subprocess for the memory benchmark d). Every number is measured over
 //! several runs and reported as median, min and max. One file per scenario
-//! (`enqueue`, `dispatch`, `utilisation`, `memory`: the run, its section of
+//! (`enqueue`, `dispatch`, `utilisation`, `fairness`, `memory`: the run, its section of
 //! the report and its paragraph of the interpretation); `load` holds what
 //! they share, `stats` and `cpu` the arithmetic and the CPU accounting,
 //! `machine` the facts the report opens with.
@@ -25,7 +25,9 @@
 //! (2000), `SLUICEGATE_BENCH_UTIL_JOBS` (500), `SLUICEGATE_BENCH_MEM_JOBS`
 //! (20000), `SLUICEGATE_BENCH_MEM_RUNS` (3), `SLUICEGATE_BENCH_POOL`
 //! (`DATABASE_POOL_SIZE` of the in-process service, 20),
-//! `SLUICEGATE_BENCH_ONLY` (which benchmarks, `abcd`), `SLUICEGATE_BENCH_BIN`
+//! `SLUICEGATE_BENCH_FAIR_RUNS` (3), `SLUICEGATE_BENCH_FAIR_JOBS` (the
+//! large key's backlog in e, 5000),
+//! `SLUICEGATE_BENCH_ONLY` (which benchmarks, `abcde`), `SLUICEGATE_BENCH_BIN`
 //! (the release binary; default `<target dir>/release/sluicegate`),
 //! `SLUICEGATE_BENCH_SQS_ENDPOINT` (a running SQS emulator; default: start
 //! one), `SLUICEGATE_BENCH_SQS_PID` (that emulator's pid, for CPU
@@ -35,6 +37,7 @@
 mod cpu;
 mod dispatch;
 mod enqueue;
+mod fairness;
 mod load;
 mod machine;
 mod memory;
@@ -56,6 +59,7 @@ use crate::{
     cpu::CpuMeter,
     dispatch::DispatchRun,
     enqueue::EnqueueRun,
+    fairness::FairRun,
     machine::{machine_facts, reproduce_command},
     memory::MemRun,
     stats::{Summary, row},
@@ -99,8 +103,14 @@ pub struct Settings {
     pub mem_jobs: usize,
     pub mem_runs: usize,
     pub mem_limit: u32,
+    pub fair_runs: usize,
+    pub fair_big: usize,
+    pub fair_small: usize,
+    pub fair_weighted: usize,
+    pub fair_limit: u32,
+    pub fair_work: Duration,
     pub pool: u32,
-    /// Which benchmarks to run (a, b, c, d).
+    /// Which benchmarks to run (a, b, c, d, e).
     pub only: String,
     /// Knobs set in the environment, for the reproduce command.
     pub overrides: Vec<String>,
@@ -129,7 +139,9 @@ impl Settings {
         let mem_jobs = knob("SLUICEGATE_BENCH_MEM_JOBS", 20_000usize, &mut o);
         let mem_runs = knob("SLUICEGATE_BENCH_MEM_RUNS", 3usize, &mut o).max(1);
         let pool = knob("SLUICEGATE_BENCH_POOL", 20u32, &mut o);
-        let only = knob("SLUICEGATE_BENCH_ONLY", "abcd".to_owned(), &mut o);
+        let fair_runs = knob("SLUICEGATE_BENCH_FAIR_RUNS", 3usize, &mut o).max(1);
+        let fair_big = knob("SLUICEGATE_BENCH_FAIR_JOBS", 5000usize, &mut o);
+        let only = knob("SLUICEGATE_BENCH_ONLY", "abcde".to_owned(), &mut o);
         Self {
             runs,
             enqueue_secs,
@@ -145,6 +157,12 @@ impl Settings {
             mem_jobs,
             mem_runs,
             mem_limit: 100,
+            fair_runs,
+            fair_big,
+            fair_small: 50,
+            fair_weighted: 1000,
+            fair_limit: 10,
+            fair_work: Duration::from_millis(100),
             pool,
             only,
             overrides: o,
@@ -303,6 +321,23 @@ async fn run() {
         );
     }
 
+    let mut fair = Vec::new();
+    if s.only.contains('e') {
+        eprintln!("e. fairness: {} runs, a backlog of {} jobs", s.fair_runs, s.fair_big);
+        for i in 0..s.fair_runs {
+            let r = fairness::fairness_run(&infra, &s, i == 0).await;
+            eprintln!(
+                "   run {}: key b done after {:.2} s, weighted share {:.3}, SQS/job {:?}, max held {}",
+                i + 1,
+                r.small_done_s,
+                r.weighted_share,
+                r.sqs_per_job,
+                r.max_held
+            );
+            fair.push(r);
+        }
+    }
+
     let mut mem = Vec::new();
     if let (Some((bin, _)), true) = (&binary, s.only.contains('d')) {
         eprintln!(
@@ -340,6 +375,7 @@ async fn run() {
         &dis,
         &sluice,
         &naive,
+        &fair,
         &mem,
         binary.as_ref(),
         started.elapsed(),
@@ -370,6 +406,7 @@ fn render(
     dis: &[DispatchRun],
     sluice: &[UtilRun],
     naive: &[UtilRun],
+    fair: &[FairRun],
     mem: &[MemRun],
     binary: Option<&(PathBuf, bool)>,
     took: Duration,
@@ -398,14 +435,17 @@ fn render(
          exit), checks Postgres, builds the release binary and runs `cargo bench --locked --bench throughput`. \
          Knobs: `SLUICEGATE_BENCH_RUNS`, `SLUICEGATE_BENCH_ENQUEUE_SECS`, `SLUICEGATE_BENCH_DISPATCH_JOBS`, \
          `SLUICEGATE_BENCH_UTIL_JOBS`, `SLUICEGATE_BENCH_MEM_JOBS`, `SLUICEGATE_BENCH_MEM_RUNS`, \
-         `SLUICEGATE_BENCH_POOL`, `SLUICEGATE_BENCH_ONLY` (see the top of `benches/throughput/main.rs`).\n",
+         `SLUICEGATE_BENCH_POOL`, `SLUICEGATE_BENCH_FAIR_RUNS`, `SLUICEGATE_BENCH_FAIR_JOBS`, \
+         `SLUICEGATE_BENCH_ONLY` (see the top of `benches/throughput/main.rs`).\n",
         reproduce_command(s)
     );
 
     enqueue::section(&mut o, &mut k, s, enq);
     dispatch::section(&mut o, &mut k, s, dis);
     utilisation::section(&mut o, &mut k, s, sluice, naive);
+    fairness::section(&mut o, &mut k, s, fair);
     let limit_ok = dis.iter().all(|r| r.max_held <= i64::from(s.dispatch_limit))
+        && fair.iter().all(|r| r.max_held <= i64::from(s.fair_limit))
         && sluice
             .iter()
             .chain(naive)
@@ -413,7 +453,7 @@ fn render(
         && mem.iter().all(|r| r.max_held <= i64::from(s.mem_limit));
     let _ = writeln!(
         o,
-        "\nThe downstream's own count never exceeded the limit in any run of b, c and d: **{}**.",
+        "\nThe downstream's own count never exceeded the limit in any run of b, c, d and e: **{}**.",
         if limit_ok {
             "yes"
         } else {
@@ -436,6 +476,7 @@ fn interpretation(k: &Facts, s: &Settings) -> String {
     enqueue::interpretation(&mut p, k, s, cores);
     dispatch::interpretation(&mut p, k, s);
     utilisation::interpretation(&mut p, k, s);
+    fairness::interpretation(&mut p, k, s);
     memory::interpretation(&mut p, k, s);
     p.trim_end().to_owned()
 }
