@@ -21,6 +21,10 @@ pub const EFFECTIVE_CONCURRENCY: &str = "sluicegate_effective_concurrency";
 /// `{reason}`: a received job that could not go, by its `waiting_on` reason.
 pub const JOBS_HELD: &str = "sluicegate_jobs_held_total";
 pub const QUEUE_DEPTH: &str = "sluicegate_queue_depth";
+/// `{key}`: live jobs of a key with settings of its own (sampled).
+pub const KEY_RUNNING: &str = "sluicegate_key_running";
+/// `{key}`: queued jobs of a key with settings of its own (sampled).
+pub const KEY_QUEUED: &str = "sluicegate_key_queued";
 pub const DRAIN_DURATION: &str = "sluicegate_drain_duration_seconds";
 /// `{outcome}`
 pub const DOWNSTREAM_DURATION: &str = "sluicegate_downstream_request_duration_seconds";
@@ -77,6 +81,14 @@ fn describe() {
         "Received jobs that could not be dispatched, by waiting_on reason"
     );
     describe_gauge!(QUEUE_DEPTH, "Approximate visible messages in the SQS queue");
+    describe_gauge!(
+        KEY_RUNNING,
+        "Jobs dispatching or running, per key with settings of its own (others have no series)"
+    );
+    describe_gauge!(
+        KEY_QUEUED,
+        "Queued jobs, per key with settings of its own (others have no series)"
+    );
     describe_counter!(
         SQS_REQUESTS,
         "HTTP requests to SQS (each retry of the SDK counts), by operation"
@@ -133,4 +145,25 @@ pub async fn sample(state: &AppState) {
     if let Ok(depth) = state.queue.depth().await {
         metrics::gauge!(QUEUE_DEPTH).set(depth as f64);
     }
+    sample_keys(state).await;
+}
+
+/// The per-key gauges, only for keys with settings of their own, so that a
+/// million tenants do not make a million series. A key whose settings were
+/// removed reads 0 (a series cannot be withdrawn from the recorder).
+async fn sample_keys(state: &AppState) {
+    let Ok(keys) = store::key_gauges(&state.db).await else {
+        return;
+    };
+    let mut had = state.keys_with_gauges.lock().expect("never poisoned");
+    let now: std::collections::BTreeSet<String> = keys.iter().map(|k| k.key.clone()).collect();
+    for gone in had.difference(&now) {
+        metrics::gauge!(KEY_RUNNING, "key" => gone.clone()).set(0.0);
+        metrics::gauge!(KEY_QUEUED, "key" => gone.clone()).set(0.0);
+    }
+    for k in keys {
+        metrics::gauge!(KEY_RUNNING, "key" => k.key.clone()).set(k.running as f64);
+        metrics::gauge!(KEY_QUEUED, "key" => k.key).set(k.queued as f64);
+    }
+    had.extend(now);
 }

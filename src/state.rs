@@ -27,6 +27,8 @@ pub struct AppState {
     pub enqueue_slots: Arc<Semaphore>,
     /// Whether drains with no free slot take messages into the window.
     pub intake: Arc<crate::drain::Intake>,
+    /// Keys given gauges by the sampler (`metrics::sample`).
+    pub keys_with_gauges: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
     /// Cancelled when the process shuts down.
     pub shutdown: CancellationToken,
 }

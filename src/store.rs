@@ -95,12 +95,45 @@ pub async fn ping(ex: impl PgExecutor<'_>) -> sqlx::Result<()> {
 /// Creates the limit from `MAX_CONCURRENCY` if the database has none yet.
 pub async fn seed_limit(ex: impl PgExecutor<'_>, max_concurrency: u32) -> sqlx::Result<()> {
     sqlx::query!(
-        "INSERT INTO gate (id, max_concurrency) VALUES (TRUE, $1) ON CONFLICT (id) DO NOTHING",
-        max_concurrency as i32
+        "WITH seeded AS (
+           INSERT INTO gate (id, max_concurrency) VALUES (TRUE, $1) ON CONFLICT (id) DO NOTHING
+           RETURNING max_concurrency)
+         INSERT INTO limit_history (max_concurrency, effective_concurrency, reason)
+         SELECT max_concurrency, max_concurrency, $2 FROM seeded",
+        max_concurrency as i32,
+        LIMIT_SET_BY_CONFIG,
     )
     .execute(ex)
     .await?;
     Ok(())
+}
+
+/// `limit_history.reason` of the first limit, from `MAX_CONCURRENCY`.
+pub const LIMIT_SET_BY_CONFIG: &str = "config";
+/// `limit_history.reason` of a limit set by `PUT /limits`.
+pub const LIMIT_SET_BY_API: &str = "api";
+
+/// One entry of the limit's history.
+#[derive(Debug, Clone)]
+pub struct LimitChange {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    pub max_concurrency: i32,
+    pub effective_concurrency: i32,
+    pub reason: String,
+}
+
+/// The limit's history, newest first, before the entry `before` (a page).
+pub async fn limit_history(ex: impl PgExecutor<'_>, before: Option<i64>, limit: i64) -> sqlx::Result<Vec<LimitChange>> {
+    sqlx::query_as!(
+        LimitChange,
+        "SELECT id, at, max_concurrency, effective_concurrency, reason FROM limit_history
+         WHERE $1::bigint IS NULL OR id < $1 ORDER BY id DESC LIMIT $2",
+        before,
+        limit
+    )
+    .fetch_all(ex)
+    .await
 }
 
 pub async fn get_limit(ex: impl PgExecutor<'_>) -> sqlx::Result<i32> {
@@ -177,15 +210,23 @@ pub async fn update_limits(
     max_concurrency: Option<i32>,
     key_max_concurrency: Option<Option<i32>>,
 ) -> sqlx::Result<LimitSettings> {
+    // A PUT that sets max_concurrency is an entry of the history (in the
+    // same statement, so under the gate's row lock, in order).
     sqlx::query_as!(
         LimitSettings,
-        "UPDATE gate SET max_concurrency = coalesce($1, max_concurrency),
-                         key_max_concurrency = CASE WHEN $2 THEN $3 ELSE key_max_concurrency END,
-                         updated_at = now()
-         RETURNING max_concurrency, key_max_concurrency",
+        r#"WITH upd AS (
+             UPDATE gate SET max_concurrency = coalesce($1, max_concurrency),
+                             key_max_concurrency = CASE WHEN $2 THEN $3 ELSE key_max_concurrency END,
+                             updated_at = now()
+             RETURNING max_concurrency, key_max_concurrency),
+           hist AS (
+             INSERT INTO limit_history (max_concurrency, effective_concurrency, reason)
+             SELECT max_concurrency, max_concurrency, $4 FROM upd WHERE $1::int IS NOT NULL)
+           SELECT max_concurrency AS "max_concurrency!", key_max_concurrency FROM upd"#,
         max_concurrency,
         key_max_concurrency.is_some(),
         key_max_concurrency.flatten(),
+        LIMIT_SET_BY_API,
     )
     .fetch_one(ex)
     .await
@@ -269,6 +310,29 @@ pub async fn put_key(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// A key with settings of its own and what it holds (the per-key gauges).
+pub struct KeyGauge {
+    pub key: String,
+    pub queued: i64,
+    pub running: i64,
+}
+
+/// Queued and live jobs of every key with settings of its own (counted from
+/// the queued and the live jobs, not from each key's history).
+pub async fn key_gauges(ex: impl PgExecutor<'_>) -> sqlx::Result<Vec<KeyGauge>> {
+    sqlx::query_as!(
+        KeyGauge,
+        r#"SELECT k.key AS "key!", coalesce(q.n, 0) AS "queued!", coalesce(l.n, 0) AS "running!"
+           FROM keys k
+           LEFT JOIN (SELECT key, count(*) AS n FROM jobs WHERE status = 'queued' GROUP BY key) q ON q.key = k.key
+           LEFT JOIN (SELECT key, count(*) AS n FROM jobs WHERE status = ANY(live_statuses()) GROUP BY key) l
+                  ON l.key = k.key
+           ORDER BY k.key"#
+    )
+    .fetch_all(ex)
+    .await
 }
 
 /// Removes a key's own settings; whether it had any.

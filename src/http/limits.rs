@@ -1,14 +1,16 @@
 //! The concurrency limit and the counters.
 
 use axum::{Json, extract::State};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
     domain::JobStatus,
     http::error::{ApiError, ApiResult},
-    http::extract::ApiJson,
+    http::extract::{ApiJson, StrictQuery},
     state::AppState,
     store,
 };
@@ -16,6 +18,7 @@ use crate::{
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(get_limits, put_limits))
+        .routes(routes!(get_limit_history))
         .routes(routes!(get_stats))
 }
 
@@ -174,6 +177,98 @@ pub async fn put_limits(
         state.refill.notify_one();
     }
     Ok(Json(limits.into()))
+}
+
+/// One change of the limit.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"at": "2026-11-27T10:00:00Z", "max_concurrency": 20, "effective_concurrency": 20, "reason": "api"}))]
+pub struct LimitChange {
+    pub at: DateTime<Utc>,
+    pub max_concurrency: i64,
+    /// The limit enforced from then on (equal to `max_concurrency` while the
+    /// adaptive limit is not available).
+    pub effective_concurrency: i64,
+    /// Who set it: `api` (`PUT /limits`) or `config` (`MAX_CONCURRENCY`,
+    /// when the database had no limit yet).
+    pub reason: String,
+}
+
+/// A page of the limit's history, newest first.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct LimitHistoryPage {
+    pub items: Vec<LimitChange>,
+    /// Pass as `cursor` to get the next (older) page; null on the last page.
+    #[schema(required = true)]
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct HistoryQuery {
+    /// Page size, 1 to 1000 (default 100).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
+    limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// The limit's history
+///
+/// Every setting of the limit, newest first: each `PUT /limits` that names
+/// `max_concurrency` (reason `api`), and the first limit, from
+/// `MAX_CONCURRENCY` (reason `config`).
+#[utoipa::path(get, path = "/limits/history", tag = "limits", operation_id = "getLimitHistory",
+    params(HistoryQuery),
+    responses(
+        (status = 200, description = "A page of the history", body = LimitHistoryPage),
+        (status = 400, description = "Bad `limit` or `cursor`", body = crate::http::error::Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_token" = [])))]
+pub async fn get_limit_history(
+    State(state): State<AppState>,
+    StrictQuery(q): StrictQuery<HistoryQuery>,
+) -> ApiResult<Json<LimitHistoryPage>> {
+    let limit = match q.limit.as_deref() {
+        None => 100,
+        Some(l) => l
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=1000).contains(l))
+            .ok_or_else(|| ApiError::BadRequest("limit: must be an integer from 1 to 1000".into()))?,
+    };
+    let before = q
+        .cursor
+        .as_deref()
+        .map(|c| {
+            URL_SAFE_NO_PAD
+                .decode(c)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .and_then(|s| s.parse::<i64>().ok())
+                .filter(|id| *id > 0)
+                .ok_or_else(|| ApiError::BadRequest("cursor: not a cursor this API returned".into()))
+        })
+        .transpose()?;
+    let mut rows = store::limit_history(&state.db, before, limit + 1).await?;
+    let next_cursor = if rows.len() as i64 > limit {
+        rows.truncate(limit as usize);
+        rows.last().map(|r| URL_SAFE_NO_PAD.encode(r.id.to_string()))
+    } else {
+        None
+    };
+    Ok(Json(LimitHistoryPage {
+        items: rows
+            .into_iter()
+            .map(|r| LimitChange {
+                at: r.at,
+                max_concurrency: r.max_concurrency.into(),
+                effective_concurrency: r.effective_concurrency.into(),
+                reason: r.reason,
+            })
+            .collect(),
+        next_cursor,
+    }))
 }
 
 /// Counts over all jobs, and the limit in force.

@@ -436,3 +436,46 @@ async fn priority_moves_a_job_ahead_within_its_key_by_at_most_its_seconds() {
     }
     assert_eq!(order, vec![10, 0, 1, 2, 3, 11, -1]);
 }
+
+#[tokio::test]
+async fn keys_with_settings_have_gauges_and_no_other_key_does() {
+    let ds = Downstream::start(|_| Reply::status(202)).await;
+    let app = app().downstream(&ds.url).spawn().await;
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let (capped, plain) = (format!("gauged-{suffix}"), format!("plain-{suffix}"));
+    assert_eq!(
+        put(&app, &format!("/keys/{capped}"), json!({"max_concurrency": 1}))
+            .await
+            .status(),
+        200
+    );
+    app.submit_batch(jobs_of(&capped, 3)).await;
+    app.submit_batch(jobs_of(&plain, 2)).await;
+    app.drain().await;
+    sluicegate::metrics::sample(&app.state).await;
+    let text = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        text.contains(&format!("sluicegate_key_running{{key=\"{capped}\"}} 1")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("sluicegate_key_queued{{key=\"{capped}\"}} 2")),
+        "{text}"
+    );
+    assert!(!text.contains(&plain), "a key without settings has no series");
+    // Its settings removed, the key's gauges read 0.
+    let r = app
+        .http
+        .delete(app.url(&format!("/keys/{capped}")))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    sluicegate::metrics::sample(&app.state).await;
+    let text = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        text.contains(&format!("sluicegate_key_queued{{key=\"{capped}\"}} 0")),
+        "{text}"
+    );
+}

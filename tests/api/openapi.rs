@@ -182,7 +182,7 @@ async fn docs_page_works_offline() {
 }
 
 /// Every route of CONTRACT.md, and the docs page's assets.
-const CONTRACT_ROUTES: [(&str, &str); 22] = [
+const CONTRACT_ROUTES: [(&str, &str); 23] = [
     ("POST", "/jobs"),
     ("GET", "/jobs/{id}"),
     ("POST", "/jobs/batch"),
@@ -195,6 +195,7 @@ const CONTRACT_ROUTES: [(&str, &str); 22] = [
     ("GET", "/stats"),
     ("GET", "/limits"),
     ("PUT", "/limits"),
+    ("GET", "/limits/history"),
     ("GET", "/keys"),
     ("GET", "/keys/{key}"),
     ("PUT", "/keys/{key}"),
