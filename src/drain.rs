@@ -79,10 +79,11 @@ const ORPHAN_RECHECK: Duration = Duration::from_secs(30);
 /// per standard queue). Past it, a drain receives only for free slots.
 pub const WINDOW_MAX: i64 = 10_000;
 /// How long a message taken into the window stays hidden (at least the
-/// dispatch lease plus [`WINDOW_MARGIN`]). A job that waits longer in the
-/// window has its message shown again, received again and its receipt
-/// renewed.
-const WINDOW_VISIBILITY: Duration = Duration::from_secs(300);
+/// dispatch lease plus four [`WINDOW_MARGIN`]s). A job that waits longer in
+/// the window has its message shown again, received again and its receipt
+/// renewed; each receive counts towards the queue's `maxReceiveCount`
+/// (1000 in the template: about a week of waiting in the window).
+const WINDOW_VISIBILITY: Duration = Duration::from_secs(600);
 /// A job is reserved only while its receipt stays valid this much longer
 /// than its dispatch lease (for the message action after the submission).
 const WINDOW_MARGIN: Duration = Duration::from_secs(30);
@@ -90,6 +91,8 @@ const WINDOW_MARGIN: Duration = Duration::from_secs(30);
 /// messages into the window (so that other keys' jobs behind a backlog are
 /// seen before slots free up).
 const INTAKE_SHARE: f64 = 0.25;
+/// Receives sent at once by a drain that is only taking messages in.
+const INTAKE_RECEIVES: usize = 5;
 /// After a receive came back empty, a replica with no free slot does not ask
 /// SQS again for this long (unless it enqueued meanwhile): no request per
 /// callback while the queue is empty.
@@ -231,14 +234,22 @@ pub async fn drain(state: &AppState) -> anyhow::Result<DrainReport> {
         // A full window takes no more: jobs further back in SQS are seen as
         // it empties.
         let room = gate.window < WINDOW_MAX;
-        let messages = if free == 0 && !(room && Instant::now() < intake_until && state.intake.is_open()) {
+        // Paused (limit 0): no slot will free up, and messages held in the
+        // window for days would only be received again and again.
+        let take_in = room && gate.limit > 0 && Instant::now() < intake_until && state.intake.is_open();
+        let messages = if free == 0 && !take_in {
             break Ok(StopReason::AtCapacity);
         } else if !room {
             Ok(Vec::new())
         } else if long_poll_next {
             long_poll(state, stop_taking_by).await
+        } else if free == 0 {
+            // Only taking in: several receives at once, so that a backlog
+            // reaches the window (and the keys behind it are seen) quickly.
+            let batches = ((WINDOW_MAX - gate.window) as usize / SQS_BATCH).clamp(1, INTAKE_RECEIVES);
+            receive(state, batches).await
         } else {
-            receive(state).await
+            receive(state, 1).await
         };
         let messages = match messages {
             Ok(m) => m,
@@ -337,15 +348,33 @@ pub async fn drain(state: &AppState) -> anyhow::Result<DrainReport> {
     })
 }
 
-/// Receives up to 10 messages (a short poll), hidden for
-/// [`message_visibility`]. An empty answer closes the intake of this
-/// replica for [`INTAKE_IDLE`].
-async fn receive(state: &AppState) -> anyhow::Result<Vec<Received>> {
-    let messages = state
-        .queue
-        .receive(SQS_BATCH, message_visibility(state), Duration::ZERO)
-        .await?;
-    if messages.is_empty() {
+/// Receives up to `batches` × 10 messages (short polls, sent at once),
+/// hidden for [`message_visibility`]. An empty answer closes the intake of
+/// this replica for [`INTAKE_IDLE`].
+async fn receive(state: &AppState, batches: usize) -> anyhow::Result<Vec<Received>> {
+    let visibility = message_visibility(state);
+    let answers =
+        futures::future::join_all((0..batches).map(|_| state.queue.receive(SQS_BATCH, visibility, Duration::ZERO)))
+            .await;
+    let mut messages = Vec::new();
+    let (mut empty, mut failed) = (false, None);
+    for answer in answers {
+        match answer {
+            Ok(batch) => {
+                empty |= batch.is_empty();
+                messages.extend(batch);
+            }
+            Err(e) => failed = Some(e),
+        }
+    }
+    // Messages some receives brought are used even if another failed (they
+    // would stay hidden for a whole visibility otherwise).
+    match failed {
+        Some(e) if messages.is_empty() => return Err(e),
+        Some(e) => tracing::warn!(error = %e, "one of the receives failed"),
+        None => {}
+    }
+    if empty {
         state.intake.close_for(INTAKE_IDLE);
     }
     Ok(messages)

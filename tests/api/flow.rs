@@ -351,7 +351,17 @@ fn jobs_of(key: &str, n: usize) -> Vec<Value> {
         .collect()
 }
 
-/// Paused (limit 0), drains take every message into the intake window;
+/// Every slot busy: the limit is 1 and a job of its own key holds it (the
+/// downstream never calls back). Drains with no free slot take messages
+/// into the intake window (not while paused: limit 0).
+async fn occupy_the_only_slot(app: &TestApp) {
+    app.set_limit(1).await;
+    app.post_job(json!({"payload": {"k": "blocker"}, "key": "blocker"}))
+        .await;
+    assert_eq!(app.drain().await["dispatched"], 1);
+}
+
+/// With every slot busy, drains take every message into the intake window;
 /// then the limit opens. What the drain dispatches then is chosen from the
 /// whole window.
 async fn take_all_in(app: &TestApp, keys: &[(&str, i64)]) {
@@ -375,13 +385,13 @@ async fn a_small_key_is_not_stuck_behind_a_large_keys_backlog() {
     // `big` until its backlog was gone; the window gives `small` its share.
     let ds = Downstream::start(|_| Reply::status(202)).await;
     let app = app().fast_sqs().downstream(&ds.url).spawn().await;
-    app.set_limit(0).await;
+    occupy_the_only_slot(&app).await;
     for _ in 0..3 {
         app.submit_batch(jobs_of("big", 100)).await;
     }
     app.submit_batch(jobs_of("small", 5)).await;
     take_all_in(&app, &[("big", 300), ("small", 5)]).await;
-    app.set_limit(4).await;
+    app.set_limit(1 + 4).await;
     app.drain().await;
     let held = per_key(&ds);
     assert_eq!(held.get("small").copied(), Some(2), "{held:?}");
@@ -394,12 +404,12 @@ async fn a_small_key_is_not_stuck_behind_a_large_keys_backlog() {
 async fn weights_share_the_slots_of_a_binding_limit() {
     let ds = Downstream::start(|_| Reply::status(202)).await;
     let app = app().downstream(&ds.url).spawn().await;
-    app.set_limit(0).await;
+    occupy_the_only_slot(&app).await;
     assert_eq!(put(&app, "/keys/heavy", json!({"weight": 3})).await.status(), 200);
     app.submit_batch(jobs_of("light", 20)).await;
     app.submit_batch(jobs_of("heavy", 20)).await;
     take_all_in(&app, &[("light", 20), ("heavy", 20)]).await;
-    app.set_limit(8).await;
+    app.set_limit(1 + 8).await;
     app.drain().await;
     let held = per_key(&ds);
     // Weighted shares of the 8 slots: 6 and 2.
@@ -414,7 +424,7 @@ async fn weights_share_the_slots_of_a_binding_limit() {
 async fn priority_moves_a_job_ahead_within_its_key_by_at_most_its_seconds() {
     let ds = Downstream::start(|_| Reply::status(202)).await;
     let app = app().downstream(&ds.url).spawn().await;
-    app.set_limit(0).await;
+    occupy_the_only_slot(&app).await;
     let late = |i: i64, priority: i64| json!({"payload": {"k": "t", "i": i}, "key": "t", "priority": priority});
     let mut batch: Vec<Value> = (0..4).map(|i| late(i, 0)).collect();
     batch.insert(0, late(-1, -3600));
@@ -424,7 +434,7 @@ async fn priority_moves_a_job_ahead_within_its_key_by_at_most_its_seconds() {
     // priority of more than that second.
     app.submit_batch(vec![late(10, 3600), late(11, 0)]).await;
     take_all_in(&app, &[("t", 7)]).await;
-    app.set_limit(1).await;
+    app.set_limit(1 + 1).await;
     let mut order = Vec::new();
     for _ in 0..7 {
         app.drain().await;
