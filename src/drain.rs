@@ -92,7 +92,7 @@ const WINDOW_MARGIN: Duration = Duration::from_secs(30);
 /// seen before slots free up).
 const INTAKE_SHARE: f64 = 0.25;
 /// Receives sent at once by a drain that is only taking messages in.
-const INTAKE_RECEIVES: usize = 5;
+const INTAKE_RECEIVES: usize = 10;
 /// After a receive came back empty, a replica with no free slot does not ask
 /// SQS again for this long (unless it enqueued meanwhile): no request per
 /// callback while the queue is empty.
