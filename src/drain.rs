@@ -151,14 +151,23 @@ fn dispatch_lease(state: &AppState) -> Duration {
 fn window_times(state: &AppState) -> store::WindowTimes {
     let lease = dispatch_lease(state);
     store::WindowTimes {
-        visibility_secs: message_visibility(state).as_secs_f64(),
+        visibility_secs: window_visibility(state).as_secs_f64(),
         dispatch_lease_secs: lease.as_secs_f64(),
         receipt_margin_secs: (lease + WINDOW_MARGIN).as_secs_f64(),
     }
 }
 
-fn message_visibility(state: &AppState) -> Duration {
+/// How long a message stays hidden once it waits in the window.
+fn window_visibility(state: &AppState) -> Duration {
     WINDOW_VISIBILITY.max(dispatch_lease(state) + WINDOW_MARGIN * 4)
+}
+
+/// How long a received message is hidden at first: long enough for its
+/// job's dispatch, short enough that a message whose receive answer was
+/// lost (an SQS cut) shows again soon. Messages that go on waiting in the
+/// window are hidden for [`window_visibility`] once taken in.
+fn message_visibility(state: &AppState) -> Duration {
+    dispatch_lease(state) + WINDOW_MARGIN
 }
 
 /// Whether this replica asks SQS for messages when it has no free slot (see
@@ -575,6 +584,7 @@ async fn reserve_for(state: &AppState, messages: Vec<Received>, free: i64) -> an
         busy: reservation.busy_until.is_some(),
         slots_left: reservation.slots_left,
     };
+    let mut waiting_receipts: Vec<(String, Duration)> = Vec::new();
     let now = chrono::Utc::now();
     let orphan_grace = Duration::from_secs(state.config.orphan_message_grace_secs);
     for m in messages {
@@ -583,9 +593,12 @@ async fn reserve_for(state: &AppState, messages: Vec<Received>, free: i64) -> an
             sorted.delete.push(m.receipt);
             continue;
         };
-        // In the window (perhaps reserved already): the message stays
-        // hidden, and the job's dispatch acts on it.
+        // In the window: reserved now, its dispatch acts on the message;
+        // waiting, the message stays hidden for the window's visibility.
         if taken.contains(&id) {
+            if !reserved_ids.contains(&id) {
+                waiting_receipts.push((m.receipt, window_visibility(state)));
+            }
             continue;
         }
         let Some(states) = &states else { continue };
@@ -609,6 +622,18 @@ async fn reserve_for(state: &AppState, messages: Vec<Received>, free: i64) -> an
             // Queued or dispatching, yet not taken in: its state changed
             // between the two statements. Shown again at once.
             Some(_) => sorted.release.push(release(Duration::ZERO, Some(id))),
+        }
+    }
+    // At once, before a drain can reserve one of them and hand its message
+    // back: a message that stays at its first, short visibility is only
+    // received again (the window then takes its new receipt).
+    if !waiting_receipts.is_empty() {
+        let failed = state.queue.release(&waiting_receipts).await;
+        if !failed.is_empty() {
+            tracing::warn!(
+                messages = failed.len(),
+                "could not extend the visibility of messages waiting in the window"
+            );
         }
     }
     Ok(sorted)

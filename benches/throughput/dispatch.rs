@@ -203,12 +203,14 @@ pub fn interpretation(p: &mut String, k: &Facts, s: &Settings) {
         let _ = write!(
             p,
             "**Dispatch:** {:.0} jobs/s with {} ms jobs; the downstream held at most {held:.0} of {} slots, so {} \
-             One drain loop takes at most 10 messages per iteration and runs five Postgres round trips one \
-             after another for them (the gate state: limit, live count and Retry-After in one query; BEGIN / \
-             gate lock / reserve / COMMIT) besides the `ReceiveMessage`; each job then costs three more statements \
-             (the outcome transition, the callback's credential lookup and its transition): {:.2} Postgres \
-             transactions, {:.1} rows inserted (3 `job_events` + 6 `job_count_deltas`) and {:.1} rows updated \
-             per job, and Postgres was again the largest CPU user ({:.2} cores; emulator {:.2}, bench process \
+             One drain loop receives up to 10 messages per iteration and runs five Postgres round trips one \
+             after another for them (the gate state: limit, live count, Retry-After and the window's size in \
+             one query; BEGIN + isolation / gate lock / take the messages into the intake window / reserve from \
+             the whole window, then COMMIT) besides the `ReceiveMessage`; each job then costs three more \
+             statements (the outcome transition, the callback's credential lookup and its transition) and a \
+             share of one per drain (the window rows of the dispatched jobs removed): {:.2} Postgres \
+             transactions, {:.1} rows inserted (3 `job_events`, 6 `job_count_deltas`, 1 `intake`) and {:.1} \
+             rows updated per job, and Postgres was again the largest CPU user ({:.2} cores; emulator {:.2}, bench process \
              {:.2}, machine {:.2}). SQS is cheap: {:.3} requests per job, i.e. full batches of 10 for receive \
              and delete, because a refill drain keeps looping for 70 % of `DRAIN_BUDGET_MS` and the callbacks \
              that arrive meanwhile coalesce into one more drain ({:.4} drains per job). ",
