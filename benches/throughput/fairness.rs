@@ -239,7 +239,8 @@ pub fn interpretation(p: &mut String, k: &Facts, s: &Settings) {
          (even with every slot busy) and each freed slot goes to the key with the fewest occupied slots per \
          weight, so `b` does not wait for `a`'s backlog. With weights 3 and 1 `b` held {:.3} of the occupied \
          slots. The drains spent {:.3} SQS requests per completed job, above the 0.3 aimed at: each message is \
-         received once (in batches of ten), but, most likely (this scenario does not yet break the requests \
+         received once (in batches of ten) and, as its job waits in the window, has its visibility extended \
+         once (in batches of ten), but, most likely (this scenario does not yet break the requests \
          down by operation), with 100 ms jobs every callback starts a refill drain that \
          dispatches one or two jobs and deletes their messages at its end, so deletes go out in batches of one \
          or two; batching them across drains is issue 13's. ",
