@@ -96,3 +96,40 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for StrictQuery<T>
             .map_err(|e| ApiError::BadRequest(format!("invalid query: {e}")))
     }
 }
+
+/// Page size of a list when `limit` is not given.
+pub const DEFAULT_PAGE: i64 = 100;
+/// The largest `limit` of a list.
+pub const MAX_PAGE: i64 = 1000;
+
+/// The `limit` query value of a list: 1 to [`MAX_PAGE`], [`DEFAULT_PAGE`]
+/// when absent; anything else -> 400.
+pub fn page_size(raw: Option<&str>) -> Result<i64, ApiError> {
+    match raw {
+        None => Ok(DEFAULT_PAGE),
+        Some(l) => l
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=MAX_PAGE).contains(l))
+            .ok_or_else(|| ApiError::BadRequest(format!("limit: must be an integer from 1 to {MAX_PAGE}"))),
+    }
+}
+
+/// A list's `next_cursor`: its position as opaque text (URL-safe base64).
+pub fn encode_cursor(position: &str) -> String {
+    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+    URL_SAFE_NO_PAD.encode(position)
+}
+
+/// The position a cursor of [`encode_cursor`] holds, if it holds text.
+pub fn cursor_text(cursor: &str) -> Option<String> {
+    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+    String::from_utf8(URL_SAFE_NO_PAD.decode(cursor).ok()?).ok()
+}
+
+/// The `cursor` query value of a list, read by `parse` (`None`: not a
+/// cursor this API returned -> 400); absent -> `None`.
+pub fn page_cursor<T>(raw: Option<&str>, parse: impl FnOnce(&str) -> Option<T>) -> Result<Option<T>, ApiError> {
+    raw.map(|c| parse(c).ok_or_else(|| ApiError::BadRequest("cursor: not a cursor this API returned".into())))
+        .transpose()
+}

@@ -8,7 +8,6 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -20,7 +19,7 @@ use crate::{
     domain::{IdempotencyKey, Job, JobEvent, JobKey, JobSpec, JobStatus},
     enqueue::{self, EnqueueError, Submit, Submitted},
     http::error::{ApiError, ApiResult, Problem},
-    http::extract::{ApiJson, JobId, StrictQuery, parse_json},
+    http::extract::{self, ApiJson, JobId, StrictQuery, parse_json},
     lifecycle::Transition,
     state::AppState,
     store,
@@ -358,19 +357,17 @@ pub struct ListQuery {
     key: Option<String>,
 }
 
-pub const DEFAULT_PAGE: i64 = 100;
-pub const MAX_PAGE: i64 = 1000;
 /// A page ends early once the payloads, results and errors of its jobs
 /// would pass this many bytes of JSON text (it always holds at least one
 /// job), so that no page is a response of hundreds of megabytes.
 pub const MAX_PAGE_BYTES: i64 = 4 * 1024 * 1024;
 
 fn encode_cursor(job: &Job) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{}|{}", job.created_at.timestamp_micros(), job.id))
+    extract::encode_cursor(&format!("{}|{}", job.created_at.timestamp_micros(), job.id))
 }
 
 fn decode_cursor(s: &str) -> Option<(DateTime<Utc>, Uuid)> {
-    let raw = String::from_utf8(URL_SAFE_NO_PAD.decode(s).ok()?).ok()?;
+    let raw = extract::cursor_text(s)?;
     let (micros, id) = raw.split_once('|')?;
     Some((
         DateTime::from_timestamp_micros(micros.parse().ok()?)?,
@@ -397,19 +394,8 @@ pub async fn list_jobs(
         .as_deref()
         .map(|s| JobStatus::parse(s).ok_or_else(|| ApiError::BadRequest(format!("status: unknown status {s:?}"))))
         .transpose()?;
-    let limit = match q.limit.as_deref() {
-        None => DEFAULT_PAGE,
-        Some(l) => l
-            .parse::<i64>()
-            .ok()
-            .filter(|l| (1..=MAX_PAGE).contains(l))
-            .ok_or_else(|| ApiError::BadRequest(format!("limit: must be an integer from 1 to {MAX_PAGE}")))?,
-    };
-    let after = q
-        .cursor
-        .as_deref()
-        .map(|c| decode_cursor(c).ok_or_else(|| ApiError::BadRequest("cursor: not a cursor this API returned".into())))
-        .transpose()?;
+    let limit = extract::page_size(q.limit.as_deref())?;
+    let after = extract::page_cursor(q.cursor.as_deref(), decode_cursor)?;
     let key = q
         .key
         .as_deref()
@@ -502,6 +488,6 @@ mod tests {
         };
         assert_eq!(decode_cursor(&encode_cursor(&job)), Some((job.created_at, job.id)));
         assert_eq!(decode_cursor("nope"), None);
-        assert_eq!(decode_cursor(&URL_SAFE_NO_PAD.encode("12|not-a-uuid")), None);
+        assert_eq!(decode_cursor(&extract::encode_cursor("12|not-a-uuid")), None);
     }
 }

@@ -5,7 +5,6 @@ use axum::{
     extract::{Path, State},
     http::StatusCode,
 };
-use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -15,7 +14,7 @@ use crate::{
     domain::JobKey,
     http::{
         error::{ApiError, ApiResult, Problem},
-        extract::{ApiJson, StrictQuery},
+        extract::{self, ApiJson, StrictQuery},
         limits::{MAX_LIMIT, present},
     },
     state::AppState,
@@ -127,30 +126,14 @@ pub async fn list_keys(
     State(state): State<AppState>,
     StrictQuery(q): StrictQuery<KeyListQuery>,
 ) -> ApiResult<Json<KeyPage>> {
-    let limit = match q.limit.as_deref() {
-        None => 100,
-        Some(l) => l
-            .parse::<i64>()
-            .ok()
-            .filter(|l| (1..=1000).contains(l))
-            .ok_or_else(|| ApiError::BadRequest("limit: must be an integer from 1 to 1000".into()))?,
-    };
-    let after = q
-        .cursor
-        .as_deref()
-        .map(|c| {
-            URL_SAFE_NO_PAD
-                .decode(c)
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-                .filter(|k| JobKey::parse(k).is_ok())
-                .ok_or_else(|| ApiError::BadRequest("cursor: not a cursor this API returned".into()))
-        })
-        .transpose()?;
+    let limit = extract::page_size(q.limit.as_deref())?;
+    let after = extract::page_cursor(q.cursor.as_deref(), |c| {
+        extract::cursor_text(c).filter(|k| JobKey::parse(k).is_ok())
+    })?;
     let mut items = store::list_keys(&state.db, after.as_deref(), limit + 1).await?;
     let next_cursor = if items.len() as i64 > limit {
         items.truncate(limit as usize);
-        items.last().map(|k| URL_SAFE_NO_PAD.encode(&k.key))
+        items.last().map(|k| extract::encode_cursor(&k.key))
     } else {
         None
     };

@@ -1,7 +1,6 @@
 //! The concurrency limit and the counters.
 
 use axum::{Json, extract::State};
-use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -10,7 +9,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use crate::{
     domain::JobStatus,
     http::error::{ApiError, ApiResult},
-    http::extract::{ApiJson, StrictQuery},
+    http::extract::{self, ApiJson, StrictQuery},
     state::AppState,
     store,
 };
@@ -229,31 +228,16 @@ pub async fn get_limit_history(
     State(state): State<AppState>,
     StrictQuery(q): StrictQuery<HistoryQuery>,
 ) -> ApiResult<Json<LimitHistoryPage>> {
-    let limit = match q.limit.as_deref() {
-        None => 100,
-        Some(l) => l
-            .parse::<i64>()
-            .ok()
-            .filter(|l| (1..=1000).contains(l))
-            .ok_or_else(|| ApiError::BadRequest("limit: must be an integer from 1 to 1000".into()))?,
-    };
-    let before = q
-        .cursor
-        .as_deref()
-        .map(|c| {
-            URL_SAFE_NO_PAD
-                .decode(c)
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-                .and_then(|s| s.parse::<i64>().ok())
-                .filter(|id| *id > 0)
-                .ok_or_else(|| ApiError::BadRequest("cursor: not a cursor this API returned".into()))
-        })
-        .transpose()?;
+    let limit = extract::page_size(q.limit.as_deref())?;
+    let before = extract::page_cursor(q.cursor.as_deref(), |c| {
+        extract::cursor_text(c)
+            .and_then(|s| s.parse::<i64>().ok())
+            .filter(|id| *id > 0)
+    })?;
     let mut rows = store::limit_history(&state.db, before, limit + 1).await?;
     let next_cursor = if rows.len() as i64 > limit {
         rows.truncate(limit as usize);
-        rows.last().map(|r| URL_SAFE_NO_PAD.encode(r.id.to_string()))
+        rows.last().map(|r| extract::encode_cursor(&r.id.to_string()))
     } else {
         None
     };
