@@ -7,13 +7,12 @@ use std::{
 };
 
 use axum::body::Bytes;
-use futures::{StreamExt, stream};
 use serde_json::{Value, json};
 use sluicegate_testkit::{API_TOKEN, Downstream, FakeDownstream, TestApp, Work};
 
 use crate::{
-    BATCH, Facts, Infra, Settings, keep,
-    load::{DrainTicker, dispose, metrics, post_batch, sqs_ops, start_app},
+    Facts, Infra, Settings, keep,
+    load::{DrainTicker, dispose, enqueue_batches, metrics, sqs_ops, start_app},
     med,
     stats::TABLE_HEAD,
 };
@@ -41,19 +40,7 @@ fn keyed_body(n: usize, key: &str) -> Bytes {
 }
 
 async fn submit_keyed(http: &reqwest::Client, base: &str, n: usize, key: &str) {
-    let sizes: Vec<usize> = (0..n.div_ceil(BATCH)).map(|i| BATCH.min(n - i * BATCH)).collect();
-    let accepted: u64 = stream::iter(sizes)
-        .map(|size| async move {
-            post_batch(http, base, keyed_body(size, key))
-                .await
-                .expect("a batch is accepted")
-        })
-        .buffer_unordered(4)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .sum();
-    assert_eq!(accepted, n as u64, "every job of key {key} is queued");
+    enqueue_batches(http, base, n, |size| keyed_body(size, key)).await;
 }
 
 async fn count(app: &TestApp, sql: &str, key: &str) -> i64 {

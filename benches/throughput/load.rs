@@ -151,14 +151,17 @@ pub async fn post_batch(http: &reqwest::Client, base: &str, body: Bytes) -> Opti
 
 /// Queues `n` jobs through `/jobs/batch` (4 requests at a time).
 pub async fn enqueue_backlog(http: &reqwest::Client, base: &str, n: usize, tag: &str) -> Duration {
+    enqueue_batches(http, base, n, |size| batch_body(size, tag)).await
+}
+
+/// Queues `n` jobs through `/jobs/batch`, in batches of up to 500 whose
+/// bodies `body(size)` writes, 4 requests at a time.
+pub async fn enqueue_batches(http: &reqwest::Client, base: &str, n: usize, body: impl Fn(usize) -> Bytes) -> Duration {
     let started = Instant::now();
     let sizes: Vec<usize> = (0..n.div_ceil(BATCH)).map(|i| BATCH.min(n - i * BATCH)).collect();
+    let body = &body;
     let accepted: u64 = stream::iter(sizes)
-        .map(|size| async move {
-            post_batch(http, base, batch_body(size, tag))
-                .await
-                .expect("a batch is accepted")
-        })
+        .map(|size| async move { post_batch(http, base, body(size)).await.expect("a batch is accepted") })
         .buffer_unordered(4)
         .collect::<Vec<_>>()
         .await
