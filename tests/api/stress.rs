@@ -39,6 +39,20 @@ const LIMIT_LOG: &str = "
     CREATE TRIGGER stress_log_limit AFTER UPDATE OF max_concurrency ON gate
         FOR EACH ROW EXECUTE FUNCTION stress_log_limit();";
 
+/// When each submission (job id, attempt) was reserved, by the database's
+/// clock (its `queued` -> `dispatching` event).
+async fn reservation_times(db: &sqlx::PgPool) -> HashMap<(String, i64), chrono::DateTime<chrono::Utc>> {
+    sqlx::query_as::<_, (String, i32, chrono::DateTime<chrono::Utc>)>(
+        "SELECT job_id::text, attempt, at FROM job_events WHERE from_status = 'queued' AND to_status = 'dispatching'",
+    )
+    .fetch_all(db)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|(id, attempt, at)| ((id, i64::from(attempt)), at))
+    .collect()
+}
+
 /// Checks every accepted arrival against the limit in force when the newest
 /// of the submissions the downstream then held was reserved. Every held job
 /// was live in Postgres from its reservation until the downstream let it go,
@@ -53,15 +67,7 @@ async fn check_arrivals_against_the_limit(db: &sqlx::PgPool, arrivals: &[Vec<(St
             .fetch_all(db)
             .await
             .unwrap();
-    let reserved: HashMap<(String, i64), DateTime<Utc>> = sqlx::query_as::<_, (String, i32, DateTime<Utc>)>(
-        "SELECT job_id::text, attempt, at FROM job_events WHERE from_status = 'queued' AND to_status = 'dispatching'",
-    )
-    .fetch_all(db)
-    .await
-    .unwrap()
-    .into_iter()
-    .map(|(id, attempt, at)| ((id, i64::from(attempt)), at))
-    .collect();
+    let reserved = reservation_times(db).await;
     let mut violations = Vec::new();
     for held in arrivals {
         let newest = held
@@ -451,15 +457,7 @@ async fn key_caps_hold_with_two_replicas_racing_drains_and_caps_changing() {
             .fetch_all(&a.db)
             .await
             .unwrap();
-    let reserved: HashMap<(String, i64), DateTime<Utc>> = sqlx::query_as::<_, (String, i32, DateTime<Utc>)>(
-        "SELECT job_id::text, attempt, at FROM job_events WHERE from_status = 'queued' AND to_status = 'dispatching'",
-    )
-    .fetch_all(&a.db)
-    .await
-    .unwrap()
-    .into_iter()
-    .map(|(id, attempt, at)| ((id, i64::from(attempt)), at))
-    .collect();
+    let reserved = reservation_times(&a.db).await;
     let (arrivals, max_held_of_a_key) = {
         let ledger = ledger.lock().unwrap();
         (ledger.arrivals.clone(), ledger.max_held_of_a_key)
