@@ -30,7 +30,7 @@ use crate::{
     lifecycle::{JobStatus, Transition},
     queue::{Received, SQS_BATCH},
     state::AppState,
-    store::{self, DueState, Reserved},
+    store::{self, Reserved},
 };
 
 /// Why a drain stopped taking jobs: `at_capacity` (no free slot),
@@ -565,11 +565,11 @@ async fn reserve_for(state: &AppState, messages: Vec<Received>, free: i64) -> an
     // cannot be read, they are left alone (they come back after their
     // visibility timeout).
     let others: Vec<Uuid> = offers.iter().map(|o| o.job).filter(|id| !taken.contains(id)).collect();
-    let states: Option<HashMap<Uuid, DueState>> = if others.is_empty() {
+    let states: Option<HashMap<Uuid, JobStatus>> = if others.is_empty() {
         Some(HashMap::new())
     } else {
-        match store::due_states(&state.db, &others).await {
-            Ok(rows) => Some(rows.into_iter().map(|d| (d.id, d)).collect()),
+        match store::statuses_of(&state.db, &others).await {
+            Ok(statuses) => Some(statuses),
             Err(e) => {
                 tracing::warn!(error = %e, "could not read the state of received jobs; leaving their messages");
                 None
@@ -618,7 +618,7 @@ async fn reserve_for(state: &AppState, messages: Vec<Received>, free: i64) -> an
                     sorted.release.push(release(ORPHAN_RECHECK, None));
                 }
             }
-            Some(d) if d.status.needs_no_message() => sorted.delete.push(m.receipt),
+            Some(status) if status.needs_no_message() => sorted.delete.push(m.receipt),
             // Queued or dispatching, yet not taken in: its state changed
             // between the two statements. Shown again at once.
             Some(_) => sorted.release.push(release(Duration::ZERO, Some(id))),

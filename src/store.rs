@@ -1179,26 +1179,16 @@ pub async fn prune_intake(ex: impl PgExecutor<'_>) -> sqlx::Result<u64> {
     .rows_affected())
 }
 
-/// What a drain needs to know of a received message's job.
-#[derive(Debug, Clone, Copy)]
-pub struct DueState {
-    pub id: Uuid,
-    pub status: JobStatus,
-    /// Earliest next dispatch (back-off, Retry-After).
-    pub available_at: DateTime<Utc>,
-    /// While live: when its slot is reclaimed without news.
-    pub lease_expires_at: Option<DateTime<Utc>>,
-}
-
-/// Status, due time and lease of the jobs named by received messages.
-pub async fn due_states(ex: impl PgExecutor<'_>, ids: &[Uuid]) -> sqlx::Result<Vec<DueState>> {
-    sqlx::query_as!(
-        DueState,
-        r#"SELECT id, status AS "status: JobStatus", available_at, lease_expires_at FROM jobs WHERE id = ANY($1)"#,
+/// The status of each of these jobs that exists (a received message's job,
+/// when it was not taken into the intake window).
+pub async fn statuses_of(ex: impl PgExecutor<'_>, ids: &[Uuid]) -> sqlx::Result<HashMap<Uuid, JobStatus>> {
+    let rows = sqlx::query!(
+        r#"SELECT id, status AS "status: JobStatus" FROM jobs WHERE id = ANY($1)"#,
         ids
     )
     .fetch_all(ex)
-    .await
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.id, r.status)).collect())
 }
 
 /// Whether any queued job is due now whose message is not in the intake
