@@ -162,12 +162,13 @@ fn window_visibility(state: &AppState) -> Duration {
     WINDOW_VISIBILITY.max(dispatch_lease(state) + WINDOW_MARGIN * 4)
 }
 
-/// How long a received message is hidden at first: long enough for its
-/// job's dispatch, short enough that a message whose receive answer was
-/// lost (an SQS cut) shows again soon. Messages that go on waiting in the
-/// window are hidden for [`window_visibility`] once taken in.
+/// How long a received message is hidden at first: the dispatch lease, as
+/// long as its job's dispatch may take, and no longer, so that a message
+/// whose receive answer was lost (an SQS cut) shows again as soon as before
+/// the window. Messages that go on waiting in the window are hidden for
+/// [`window_visibility`] once taken in.
 fn message_visibility(state: &AppState) -> Duration {
-    dispatch_lease(state) + WINDOW_MARGIN
+    dispatch_lease(state)
 }
 
 /// Whether this replica asks SQS for messages when it has no free slot (see
