@@ -1,5 +1,5 @@
-//! The background loops of a serving replica: drains on refill and on the
-//! optional ticker, the lease sweeper, the requeue sweeper, and the gauge
+//! The background loops of a serving replica: the Postgres watcher, drains
+//! on refill and on the optional ticker, the lease sweeper, the requeue sweeper, and the gauge
 //! sampler (with count compaction). All stop on `state.shutdown`; the
 //! application waits for them at shutdown.
 
@@ -25,6 +25,11 @@ const DRAIN_RETRY_PAUSE: Duration = Duration::from_secs(1);
 /// gauge sampler with count compaction. All stop on `state.shutdown`.
 pub fn spawn(state: &AppState) -> TaskTracker {
     let tracker = TaskTracker::new();
+    tracker.spawn(crate::pg_watch::watch(
+        (*state.db.connect_options()).clone(),
+        state.postgres.clone(),
+        state.shutdown.clone(),
+    ));
     let s = state.clone();
     tracker.spawn(async move { refill_loop(s).await });
     let s = state.clone();

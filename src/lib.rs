@@ -33,6 +33,7 @@ pub mod healthcheck;
 pub mod http;
 pub mod lifecycle;
 pub mod metrics;
+pub mod pg_watch;
 pub mod queue;
 pub mod requeue;
 pub mod server;

@@ -42,6 +42,9 @@ pub const MESSAGES_RESENT: &str = "sluicegate_messages_resent_total";
 /// `sluicegate_retry_after_capped_total`: downstream `Retry-After`s longer
 /// than the longest honoured.
 pub const RETRY_AFTER_CAPPED: &str = "sluicegate_retry_after_capped_total";
+/// `sluicegate_postgres_up`: 1 while Postgres answers the watcher
+/// (`pg_watch`), 0 while requests that need it are refused.
+pub const POSTGRES_UP: &str = "sluicegate_postgres_up";
 
 const DURATION_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -81,6 +84,10 @@ fn describe() {
         "Received jobs that could not be dispatched, by waiting_on reason"
     );
     describe_gauge!(QUEUE_DEPTH, "Approximate visible messages in the SQS queue");
+    describe_gauge!(
+        POSTGRES_UP,
+        "1 while Postgres is reachable; 0 while requests that need it answer 503 at once"
+    );
     describe_gauge!(
         KEY_RUNNING,
         "Jobs dispatching or running, per key with settings of its own (others have no series)"

@@ -95,6 +95,7 @@ impl Application {
             enqueue_slots: Arc::new(tokio::sync::Semaphore::new((config_pool_size / 2).max(1) as usize)),
             intake: Arc::default(),
             keys_with_gauges: Arc::default(),
+            postgres: Default::default(),
             shutdown: CancellationToken::new(),
         };
         Ok(Self { listener, state })

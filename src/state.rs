@@ -29,6 +29,8 @@ pub struct AppState {
     pub intake: Arc<crate::drain::Intake>,
     /// Keys given gauges by the sampler (`metrics::sample`).
     pub keys_with_gauges: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
+    /// Whether Postgres is down (kept by `pg_watch`).
+    pub postgres: crate::pg_watch::PgHealth,
     /// Cancelled when the process shuts down.
     pub shutdown: CancellationToken,
 }

@@ -47,11 +47,19 @@ pub async fn healthz() -> Json<Health> {
     ))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     let timeout = Duration::from_secs(2);
-    let pg = tokio::time::timeout(timeout, crate::store::ping(&state.db));
+    // While the watcher knows Postgres is down, say so without waiting for
+    // the pool.
+    let pg = async {
+        !state.postgres.is_down()
+            && matches!(
+                tokio::time::timeout(timeout, crate::store::ping(&state.db)).await,
+                Ok(Ok(_))
+            )
+    };
     let sqs = tokio::time::timeout(timeout, state.queue.depth());
-    let (pg, sqs) = tokio::join!(pg, sqs);
+    let (pg_up, sqs) = tokio::join!(pg, sqs);
     let mut down = Vec::new();
-    if !matches!(pg, Ok(Ok(_))) {
+    if !pg_up {
         down.push("postgres");
     }
     if !matches!(sqs, Ok(Ok(_))) {

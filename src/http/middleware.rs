@@ -6,7 +6,7 @@ use std::{any::Any, time::Instant};
 use axum::{
     BoxError,
     body::Body,
-    extract::{MatchedPath, Request},
+    extract::{MatchedPath, Request, State},
     http::{StatusCode, header},
     middleware::Next,
     response::{IntoResponse, Response},
@@ -17,7 +17,10 @@ use tower_http::{
 };
 use tracing::Level;
 
-use crate::http::error::{ApiError, Problem, problem_response};
+use crate::{
+    http::error::{ApiError, Problem, problem_response},
+    state::AppState,
+};
 
 /// The answer to a request shed by the in-flight cap: an immediate 503 with
 /// `Retry-After`, instead of an unbounded queue in front of Postgres.
@@ -27,6 +30,33 @@ pub async fn overloaded(_: BoxError) -> ApiError {
         detail: "too many requests in flight; retry shortly".into(),
         retry_after_secs: 1,
         cause: None,
+    }
+}
+
+/// How long a client should wait before retrying while Postgres is down.
+const POSTGRES_DOWN_RETRY_AFTER_SECS: u32 = 1;
+
+/// For routes that need Postgres: while the watcher (`pg_watch`) finds it
+/// down, answer 503 with `Retry-After` at once instead of waiting for the
+/// pool's acquire timeout; a request already waiting is answered as soon as
+/// Postgres is found down. Dropping the handler there is safe: drains run in
+/// their own task, and a job is acknowledged only after its COMMIT.
+pub async fn fail_fast_without_postgres(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let down = || {
+        ApiError::Unavailable {
+            detail: "Postgres is unreachable; nothing was changed".into(),
+            retry_after_secs: POSTGRES_DOWN_RETRY_AFTER_SECS,
+            cause: None,
+        }
+        .into_response()
+    };
+    if state.postgres.is_down() {
+        return down();
+    }
+    tokio::select! {
+        biased;
+        response = next.run(req) => response,
+        _ = state.postgres.gone_down() => down(),
     }
 }
 

@@ -275,6 +275,12 @@ pub fn router(state: AppState) -> Router {
     // whole router (a layer on a Router would give each route its own cap).
     let (mut capped, mut open) = (OpenApiRouter::new(), OpenApiRouter::new());
     for (access, routes) in resources() {
+        let routes = match access {
+            Access::Client | Access::Scheduler | Access::Downstream => routes.route_layer(
+                axum::middleware::from_fn_with_state(state.clone(), middleware::fail_fast_without_postgres),
+            ),
+            Access::Open | Access::Liveness => routes,
+        };
         match access {
             Access::Client => {
                 capped = capped.merge(routes.route_layer(axum::middleware::from_fn_with_state(

@@ -2,7 +2,11 @@
 //! moving into a shared test kit).
 #![allow(dead_code)]
 
-use std::time::Duration;
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
 
 use aws_sdk_sqs::types::QueueAttributeName;
 use serde_json::Value;
@@ -86,4 +90,56 @@ pub async fn delete_all_messages(app: &TestApp) {
                 .unwrap();
         }
     }
+}
+
+/// The `sluicegate` binary of this build (with the crash points when the
+/// tests run with `--features failpoints`).
+pub const BIN: &str = env!("CARGO_BIN_EXE_sluicegate");
+
+/// Starts the binary on `app`'s database and queue (no migrations), its
+/// callback URLs naming `app` (as behind a load balancer), with `env` on top
+/// of those settings; returns it and its base URL once it listens. Its log
+/// is read and dropped.
+pub fn spawn_binary(app: &TestApp, downstream: &str, env: &[(&str, String)]) -> (Child, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve")
+        .arg("--no-migrate")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", &app.test_db.url)
+        .env("SQS_QUEUE_URL", &app.queue_url)
+        .env("AWS_ENDPOINT_URL", &app.sqs_endpoint)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env("DOWNSTREAM_URL", downstream)
+        .env("PUBLIC_BASE_URL", &app.base)
+        .env("API_TOKENS", API_TOKEN)
+        .env("DRAIN_TOKEN", DRAIN_TOKEN)
+        .env("CALLBACK_SECRET", CALLBACK_SECRET)
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (name, value) in env {
+        cmd.env(name, value);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut log = Vec::new();
+    let addr = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("the binary did not start: {log:?}"));
+        log.push(line.clone());
+        if let Some(rest) = line.split("addr=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    (child, format!("http://{addr}"))
 }

@@ -12,9 +12,8 @@
 
 use std::{
     collections::HashMap,
-    io::{BufRead, BufReader},
     os::unix::process::ExitStatusExt,
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -27,7 +26,6 @@ use serde_json::{Value, json};
 use super::common::*;
 use crate::helpers::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_sluicegate");
 const LIMIT: usize = 2;
 
 #[derive(Default)]
@@ -102,51 +100,16 @@ async fn downstream() -> Ds {
 /// its base URL. Its callback URLs name the in-process replica (as behind a
 /// load balancer).
 fn spawn_armed(app: &TestApp, downstream: &str, point: Option<&str>) -> (Child, String) {
-    let mut cmd = Command::new(BIN);
-    cmd.arg("serve")
-        .arg("--no-migrate")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("DATABASE_URL", &app.test_db.url)
-        .env("SQS_QUEUE_URL", &app.queue_url)
-        .env("AWS_ENDPOINT_URL", &app.sqs_endpoint)
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_REGION", "us-east-1")
-        .env("DOWNSTREAM_URL", downstream)
-        .env("PUBLIC_BASE_URL", &app.base)
-        .env("API_TOKENS", API_TOKEN)
-        .env("DRAIN_TOKEN", DRAIN_TOKEN)
-        .env("CALLBACK_SECRET", CALLBACK_SECRET)
-        .env("LISTEN_ADDR", "127.0.0.1:0")
-        .env("MAX_CONCURRENCY", LIMIT.to_string())
-        .env("DISPATCH_TIMEOUT_SECS", "1")
-        .env("REFILL_ON_CALLBACK", "false")
-        .env("LEASE_SWEEP_INTERVAL_SECS", "3600")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    let mut env = vec![
+        ("MAX_CONCURRENCY", LIMIT.to_string()),
+        ("DISPATCH_TIMEOUT_SECS", "1".to_owned()),
+        ("REFILL_ON_CALLBACK", "false".to_owned()),
+        ("LEASE_SWEEP_INTERVAL_SECS", "3600".to_owned()),
+    ];
     if let Some(point) = point {
-        cmd.env("FAILPOINTS", format!("{point}=return"));
+        env.push(("FAILPOINTS", format!("{point}=return")));
     }
-    let mut child = cmd.spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut log = Vec::new();
-    let addr = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("the armed binary did not start: {log:?}"));
-        log.push(line.clone());
-        if let Some(rest) = line.split("addr=").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    (child, format!("http://{addr}"))
+    spawn_binary(app, downstream, &env)
 }
 
 /// The binary restarted after the crash, stopped (SIGTERM) at the end.

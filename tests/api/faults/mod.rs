@@ -12,4 +12,5 @@ mod downstream;
 mod load;
 mod pg_restart;
 mod protections;
+mod soak;
 mod sqs_cut;

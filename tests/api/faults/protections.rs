@@ -105,6 +105,10 @@ async fn postgres_cut_between_the_2xx_and_running_keeps_the_message() {
     .await;
     assert_eq!(ds.seen().len(), 1);
     proxy.set_down(false).await;
+    wait_for("the replica finds Postgres back", Duration::from_secs(5), || async {
+        !app.state.postgres.is_down()
+    })
+    .await;
 
     assert_eq!(
         row(&app, &id).await.0,
