@@ -586,6 +586,7 @@ async fn reserve_for(state: &AppState, messages: Vec<Received>, free: i64) -> an
         slots_left: reservation.slots_left,
     };
     let mut waiting_receipts: Vec<(String, Duration)> = Vec::new();
+    let mut waiting_jobs: Vec<Uuid> = Vec::new();
     let now = chrono::Utc::now();
     let orphan_grace = Duration::from_secs(state.config.orphan_message_grace_secs);
     for m in messages {
@@ -598,6 +599,7 @@ async fn reserve_for(state: &AppState, messages: Vec<Received>, free: i64) -> an
         // waiting, the message stays hidden for the window's visibility.
         if taken.contains(&id) {
             if !reserved_ids.contains(&id) {
+                waiting_jobs.push(id);
                 waiting_receipts.push((m.receipt, window_visibility(state)));
             }
             continue;
@@ -625,16 +627,32 @@ async fn reserve_for(state: &AppState, messages: Vec<Received>, free: i64) -> an
             Some(_) => sorted.release.push(release(Duration::ZERO, Some(id))),
         }
     }
-    // At once, before a drain can reserve one of them and hand its message
-    // back: a message that stays at its first, short visibility is only
-    // received again (the window then takes its new receipt).
+    // Their rows are pending: no other drain reserves them (and hands their
+    // message back) until the extension is done and `window_ready` says so.
+    // A message whose extension failed stays at its first, short
+    // visibility, shows again and is taken in anew (with its new receipt).
     if !waiting_receipts.is_empty() {
-        let failed = state.queue.release(&waiting_receipts).await;
+        let failed: std::collections::HashSet<usize> =
+            state.queue.release(&waiting_receipts).await.into_iter().collect();
         if !failed.is_empty() {
             tracing::warn!(
                 messages = failed.len(),
                 "could not extend the visibility of messages waiting in the window"
             );
+        }
+        let extended: Vec<(Uuid, String)> = waiting_jobs
+            .into_iter()
+            .zip(waiting_receipts)
+            .enumerate()
+            .filter(|(i, _)| !failed.contains(i))
+            .map(|(_, (job, (receipt, _)))| (job, receipt))
+            .collect();
+        if let Err(e) = store::window_ready(&state.db, &extended).await {
+            // Rather than leave them hidden for the window's visibility with
+            // rows no drain may use: shown again at once, taken in anew.
+            tracing::warn!(error = %e, "could not open waiting jobs to every drain; releasing their messages");
+            let now: Vec<(String, Duration)> = extended.into_iter().map(|(_, r)| (r, Duration::ZERO)).collect();
+            state.queue.release(&now).await;
         }
     }
     Ok(sorted)

@@ -933,6 +933,10 @@ pub async fn reserve(pool: &PgPool, offers: &[Offer<'_>], window: &WindowTimes, 
             .fetch_one(&mut *tx)
             .await?;
     let taken_in = take_in(&mut tx, offers, window).await?;
+    // Rows this transaction took in are still pending (their messages are
+    // hidden for the first, short visibility only): this reservation may
+    // take them, no other may until `window_ready`.
+    let taken_ids: Vec<Uuid> = taken_in.iter().map(|t| t.job).collect();
     if busy_until.is_some() {
         tx.commit().await?;
         return Ok(Reservation {
@@ -971,6 +975,7 @@ pub async fn reserve(pool: &PgPool, offers: &[Offer<'_>], window: &WindowTimes, 
                       row_number() OVER (ORDER BY i.turn_at, i.job_id) AS n
                FROM intake i
                WHERE i.key = r.key AND NOT i.reserved AND i.expires_at > now() + make_interval(secs => $4)
+                 AND (NOT i.pending OR i.job_id = ANY($5))
                  AND (SELECT j.status = 'queued' AND j.available_at <= now() FROM jobs j WHERE j.id = i.job_id)
                ORDER BY i.turn_at, i.job_id
                LIMIT CASE WHEN r.cap IS NULL THEN r.free ELSE LEAST(r.free, GREATEST(r.cap - r.live, 0)) END) c),
@@ -987,7 +992,9 @@ pub async fn reserve(pool: &PgPool, offers: &[Offer<'_>], window: &WindowTimes, 
                        j.max_attempts, j.timeout_secs, picked.receipt, picked.expires_at),
            ev AS (INSERT INTO job_events (job_id, from_status, to_status, attempt, reason)
                   SELECT id, 'queued', 'dispatching', attempts, $3 FROM upd),
-           held AS (UPDATE intake SET reserved = true FROM upd WHERE intake.job_id = upd.id)
+           -- Reserved: its dispatch acts on the message (and if the lease sends
+           -- the job back, the row serves again, as any reserved row does).
+           held AS (UPDATE intake SET reserved = true, pending = false FROM upd WHERE intake.job_id = upd.id)
            SELECT id AS "id?", attempts AS "attempts?", used AS "used?", payload AS "payload?",
                   max_attempts AS "max_attempts?", timeout_secs AS "timeout_secs?", receipt AS "receipt?",
                   expires_at AS "expires_at?", NULL::bigint AS "free?"
@@ -998,6 +1005,7 @@ pub async fn reserve(pool: &PgPool, offers: &[Offer<'_>], window: &WindowTimes, 
         window.dispatch_lease_secs,
         reasons::RESERVED,
         window.receipt_margin_secs,
+        &taken_ids,
     )
     .fetch_all(&mut *tx)
     .await?;
@@ -1096,10 +1104,11 @@ async fn take_in(
              FROM unnest($1::uuid[], $2::text[]) AS r(id, receipt) JOIN jobs j ON j.id = r.id
              WHERE j.status IN ('queued', 'dispatching')),
            ins AS (
-             INSERT INTO intake (job_id, key, turn_at, receipt, expires_at, reserved)
-             SELECT id, key, turn_at, receipt, now() + make_interval(secs => $3), reserved FROM src
+             INSERT INTO intake (job_id, key, turn_at, receipt, expires_at, reserved, pending)
+             SELECT id, key, turn_at, receipt, now() + make_interval(secs => $3), reserved, true FROM src
              ON CONFLICT (job_id) DO UPDATE
-               SET receipt = EXCLUDED.receipt, expires_at = EXCLUDED.expires_at, reserved = EXCLUDED.reserved
+               SET receipt = EXCLUDED.receipt, expires_at = EXCLUDED.expires_at, reserved = EXCLUDED.reserved,
+                   pending = true
              RETURNING job_id)
            SELECT ins.job_id, src.ready AS "ready!" FROM ins JOIN src ON src.id = ins.job_id"#,
         &ids,
@@ -1140,6 +1149,24 @@ pub async fn leave_intake(ex: impl PgExecutor<'_>, left: &[(Uuid, String)]) -> s
     Ok(())
 }
 
+/// Opens window rows to every drain once their messages are hidden for the
+/// window's visibility: each row only if it still holds that receipt.
+pub async fn window_ready(ex: impl PgExecutor<'_>, extended: &[(Uuid, String)]) -> sqlx::Result<()> {
+    if extended.is_empty() {
+        return Ok(());
+    }
+    let (ids, receipts): (Vec<Uuid>, Vec<String>) = extended.iter().cloned().unzip();
+    sqlx::query!(
+        "UPDATE intake i SET pending = false FROM unnest($1::uuid[], $2::text[]) AS e(id, receipt)
+         WHERE i.job_id = e.id AND i.receipt = e.receipt AND i.pending",
+        &ids,
+        &receipts
+    )
+    .execute(ex)
+    .await?;
+    Ok(())
+}
+
 /// Puts queued (or still dispatching) jobs back into the intake window with the receipt they
 /// held: SQS could not release their message, so it is still hidden and in
 /// hand until the receipt expires.
@@ -1151,9 +1178,9 @@ pub async fn back_into_window(ex: impl PgExecutor<'_>, held: &[(Uuid, Receipt)])
     let handles: Vec<String> = held.iter().map(|(_, r)| r.handle.clone()).collect();
     let until: Vec<DateTime<Utc>> = held.iter().map(|(_, r)| r.expires_at).collect();
     sqlx::query!(
-        "INSERT INTO intake (job_id, key, turn_at, receipt, expires_at, reserved)
+        "INSERT INTO intake (job_id, key, turn_at, receipt, expires_at, reserved, pending)
          SELECT j.id, j.key, j.created_at - make_interval(secs => j.priority), h.receipt, h.until,
-                j.status = 'dispatching'
+                j.status = 'dispatching', false
          FROM unnest($1::uuid[], $2::text[], $3::timestamptz[]) AS h(id, receipt, until) JOIN jobs j ON j.id = h.id
          WHERE j.status IN ('queued', 'dispatching')
          ON CONFLICT (job_id) DO NOTHING",
@@ -1196,7 +1223,8 @@ pub async fn statuses_of(ex: impl PgExecutor<'_>, ids: &[Uuid]) -> sqlx::Result<
 pub async fn any_queued_due(ex: impl PgExecutor<'_>) -> sqlx::Result<bool> {
     sqlx::query_scalar!(
         r#"SELECT EXISTS (SELECT 1 FROM jobs j WHERE j.status = 'queued' AND j.available_at <= now()
-                            AND NOT EXISTS (SELECT 1 FROM intake i WHERE i.job_id = j.id AND i.expires_at > now()))
+                            AND NOT EXISTS (SELECT 1 FROM intake i WHERE i.job_id = j.id AND i.expires_at > now()
+                                                                        AND NOT i.pending))
                AS "due!""#
     )
     .fetch_one(ex)
@@ -1257,7 +1285,7 @@ pub async fn now_minus(ex: impl PgExecutor<'_>, secs: f64) -> sqlx::Result<DateT
 pub async fn stale_queued(ex: impl PgExecutor<'_>, sent_before: DateTime<Utc>, limit: i64) -> sqlx::Result<Vec<Uuid>> {
     sqlx::query_scalar!(
         "SELECT id FROM jobs j WHERE status = 'queued' AND enqueued_at < $1
-           AND NOT EXISTS (SELECT 1 FROM intake i WHERE i.job_id = j.id AND i.expires_at > now())
+           AND NOT EXISTS (SELECT 1 FROM intake i WHERE i.job_id = j.id AND i.expires_at > now() AND NOT i.pending)
          ORDER BY enqueued_at, id LIMIT $2",
         sent_before,
         limit

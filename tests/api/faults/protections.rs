@@ -316,3 +316,42 @@ async fn the_requeue_loop_renews_the_message_of_a_long_queued_job() {
 async fn stats(app: &TestApp) -> serde_json::Value {
     app.get("/stats").await.json().await.unwrap()
 }
+
+/// Invariant 9: a job taken into the intake window by one drain is not
+/// reserved by another until its message is hidden for the window's
+/// visibility (`window_ready`). Otherwise the other drain could release the
+/// message (a back-off) before the first one's extension, which would then
+/// hide it for ten minutes with no window row left to dispatch its job.
+#[tokio::test]
+async fn a_job_taken_in_waits_for_its_extension_before_another_drain_reserves_it() {
+    let app = app().config(|c| c.max_concurrency = 1).spawn().await;
+    let id = uuid(&id_of(&app.submit(json!("waits")).await));
+    let db = &app.state.db;
+    let times = store::WindowTimes {
+        visibility_secs: 300.0,
+        dispatch_lease_secs: 70.0,
+        receipt_margin_secs: 100.0,
+    };
+    let receipt = "receipt-of-the-first-drain".to_owned();
+    let offer = [store::Offer {
+        job: id,
+        receipt: &receipt,
+    }];
+    // The first drain has no free slot: it only takes the message in.
+    let first = store::reserve(db, &offer, &times, 0).await.unwrap();
+    assert_eq!(first.taken_in.len(), 1);
+    assert!(first.jobs.is_empty());
+    // A slot is free for another drain, which received nothing: the job
+    // must not go before the first drain has extended its message.
+    let other = store::reserve(db, &[], &times, 1).await.unwrap();
+    assert!(
+        other.jobs.is_empty(),
+        "another drain reserved a job whose message was not extended yet"
+    );
+    // Extended: now any drain may reserve it.
+    store::window_ready(db, &[(id, receipt.clone())]).await.unwrap();
+    let other = store::reserve(db, &[], &times, 1).await.unwrap();
+    assert_eq!(other.jobs.len(), 1);
+    assert_eq!(other.jobs[0].0.id(), id);
+    assert_eq!(other.jobs[0].1.handle, receipt);
+}

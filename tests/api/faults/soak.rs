@@ -312,7 +312,10 @@ async fn soak() {
     let _ = soak.b.kill();
     let _ = soak.b.wait();
 
-    let ledger = ledger.lock().unwrap();
+    let (max_held, violations) = {
+        let l = ledger.lock().unwrap();
+        (l.max_held, l.violations.clone())
+    };
     let n = series.len();
     let third = (n / 3).max(1);
     let early = &series[..third.min(n)];
@@ -329,8 +332,8 @@ async fn soak() {
         accepted.len(),
         ds.fake.counters().completed(),
         faults.len(),
-        ledger.max_held,
-        ledger.violations.len(),
+        max_held,
+        violations.len(),
         rss(early),
         rss(late),
         fds(early),
@@ -343,9 +346,33 @@ async fn soak() {
     std::fs::write(&path, format!("{report}\n{summary}\n")).unwrap();
     eprintln!("series written to {}", path.display());
 
-    assert!(left.is_empty(), "jobs lost: {left:?}");
-    assert!(ledger.max_held as i64 <= LIMIT, "{summary}");
-    assert!(ledger.violations.is_empty(), "{:?}", ledger.violations);
+    if !left.is_empty() {
+        // What each one went through, and whether its message may only be
+        // hidden (in flight) rather than gone.
+        let hidden = messages_in_queue(&soak.app).await;
+        let mut why = format!("{} messages in the queue, visible or not\n", hidden);
+        for (id, status) in &left {
+            let events: Vec<(String, String, i32, String)> = sqlx::query_as(
+                "SELECT to_char(at, 'HH24:MI:SS.MS'), to_status::text, attempt, reason FROM job_events
+                 WHERE job_id = $1::uuid ORDER BY id",
+            )
+            .bind(id)
+            .fetch_all(&db)
+            .await
+            .unwrap_or_default();
+            let window: Option<(bool, bool, String)> = sqlx::query_as(
+                "SELECT reserved, pending, to_char(expires_at, 'HH24:MI:SS') FROM intake WHERE job_id = $1::uuid",
+            )
+            .bind(id)
+            .fetch_optional(&db)
+            .await
+            .unwrap_or_default();
+            writeln!(why, "{id} {status}: window row {window:?}, events {events:?}").unwrap();
+        }
+        panic!("jobs neither terminal nor queued with a visible message:\n{why}");
+    }
+    assert!(max_held as i64 <= LIMIT, "{summary}");
+    assert!(violations.is_empty(), "{violations:?}");
     assert_eq!(stats["running"].as_i64(), Some(live), "{summary}");
     // Flat: what the last third holds is within a margin of the first.
     assert!(rss(late) <= rss(early) * 1.5 + 8.0, "A's memory grew: {summary}");

@@ -1,0 +1,11 @@
+-- A row whose message has not been hidden for the window's visibility yet.
+-- A drain takes messages in (pending) and reserves what it can in one
+-- transaction, then extends the visibility of the messages left waiting and
+-- only then clears `pending`. Until then no other drain may reserve the
+-- job: one that did could release the message (a back-off, a busy
+-- downstream) before the extension, which would then hide it again for the
+-- window's whole visibility with no row left to dispatch its job.
+-- A row that stays pending (the extension failed) serves no reservation;
+-- its message shows again after its first, short visibility and is taken
+-- in anew.
+ALTER TABLE intake ADD COLUMN pending BOOLEAN NOT NULL DEFAULT false;
