@@ -78,6 +78,11 @@ const ORPHAN_RECHECK: Duration = Duration::from_secs(30);
 /// The most messages the intake window holds (SQS allows 120,000 in flight
 /// per standard queue). Past it, a drain receives only for free slots.
 pub const WINDOW_MAX: i64 = 10_000;
+/// The most keys of the window one reservation looks at. Among them the
+/// fair pick is exact (every waiting key, as long as there are no more);
+/// beyond, a cursor moves on to the next ones on each reservation, so that
+/// the cost of a reservation does not grow with the number of keys.
+pub const WINDOW_KEYS: i64 = 256;
 /// How long a message taken into the window stays hidden (at least the
 /// dispatch lease plus four [`WINDOW_MARGIN`]s). A job that waits longer in
 /// the window has its message shown again, received again and its receipt
@@ -154,6 +159,7 @@ fn window_times(state: &AppState) -> store::WindowTimes {
         visibility_secs: window_visibility(state).as_secs_f64(),
         dispatch_lease_secs: lease.as_secs_f64(),
         receipt_margin_secs: (lease + WINDOW_MARGIN).as_secs_f64(),
+        keys_per_reservation: WINDOW_KEYS,
     }
 }
 

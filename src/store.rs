@@ -953,11 +953,36 @@ pub async fn reserve(pool: &PgPool, offers: &[Offer<'_>], window: &WindowTimes, 
                     - (SELECT count(*) FROM jobs WHERE status = ANY(live_statuses())), 0) AS n,
                     g.key_max_concurrency AS default_cap
              FROM gate g),
-           window_keys AS (
-             (SELECT key FROM intake WHERE NOT reserved ORDER BY key LIMIT 1)
+           -- The keys looked at: at most $6, in key order from just after the
+           -- cursor, wrapping around (each by a loose index scan).
+           after_cursor AS (
+             (SELECT i.key, 1::bigint AS n FROM intake i WHERE i.key > (SELECT key_cursor FROM gate) AND NOT i.reserved
+              ORDER BY i.key LIMIT 1)
              UNION ALL
-             SELECT (SELECT i.key FROM intake i WHERE i.key > w.key AND NOT i.reserved ORDER BY i.key LIMIT 1)
-             FROM window_keys w WHERE w.key IS NOT NULL),
+             SELECT (SELECT i.key FROM intake i WHERE i.key > a.key AND NOT i.reserved ORDER BY i.key LIMIT 1),
+                    a.n + 1
+             FROM after_cursor a WHERE a.key IS NOT NULL AND a.n < $6),
+           up_to_cursor AS (
+             (SELECT i.key, 1::bigint AS n FROM intake i WHERE i.key <= (SELECT key_cursor FROM gate) AND NOT i.reserved
+                AND (SELECT count(key) FROM after_cursor) < $6
+              ORDER BY i.key LIMIT 1)
+             UNION ALL
+             SELECT (SELECT i.key FROM intake i WHERE i.key > u.key AND i.key <= (SELECT key_cursor FROM gate)
+                       AND NOT i.reserved ORDER BY i.key LIMIT 1),
+                    u.n + 1
+             FROM up_to_cursor u WHERE u.key IS NOT NULL AND u.n + (SELECT count(key) FROM after_cursor) < $6),
+           window_keys AS (
+             SELECT key FROM after_cursor WHERE key IS NOT NULL
+             UNION ALL
+             SELECT key FROM up_to_cursor WHERE key IS NOT NULL),
+           -- More keys than that: the next reservation starts after the last
+           -- one looked at.
+           moved AS (
+             UPDATE gate SET key_cursor = c.next
+             FROM (SELECT CASE WHEN (SELECT count(*) FROM window_keys) >= $6
+                               THEN coalesce((SELECT max(key) FROM up_to_cursor), (SELECT max(key) FROM after_cursor))
+                               ELSE '' END AS next) c
+             WHERE gate.key_cursor IS DISTINCT FROM c.next),
            live_by_key AS (
              SELECT key, count(*) AS live FROM jobs WHERE status = ANY(live_statuses()) GROUP BY key),
            room AS (
@@ -1006,6 +1031,7 @@ pub async fn reserve(pool: &PgPool, offers: &[Offer<'_>], window: &WindowTimes, 
         reasons::RESERVED,
         window.receipt_margin_secs,
         &taken_ids,
+        window.keys_per_reservation,
     )
     .fetch_all(&mut *tx)
     .await?;
@@ -1064,6 +1090,10 @@ pub struct WindowTimes {
     pub visibility_secs: f64,
     /// A reserved job's dispatch lease.
     pub dispatch_lease_secs: f64,
+    /// The most keys of the window one reservation looks at (`WINDOW_KEYS`
+    /// in the drain): the fair pick is exact among them, and a cursor in
+    /// the gate row moves on to the next ones.
+    pub keys_per_reservation: i64,
     /// A job is reserved only if its receipt stays valid at least this much
     /// longer (enough for the submission and the message action after it).
     pub receipt_margin_secs: f64,

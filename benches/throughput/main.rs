@@ -15,7 +15,7 @@
 //! and the real application (in this process for a–c; the release binary as
 //! a subprocess for the memory benchmark d). Every number is measured over
 //! several runs and reported as median, min and max. One file per scenario
-//! (`enqueue`, `dispatch`, `utilisation`, `fairness`, `memory`: the run, its section of
+//! (`enqueue`, `dispatch`, `utilisation`, `fairness`, `keys`, `memory`: the run, its section of
 //! the report and its paragraph of the interpretation); `load` holds what
 //! they share, `stats` and `cpu` the arithmetic and the CPU accounting,
 //! `machine` the facts the report opens with.
@@ -26,8 +26,9 @@
 //! (20000), `SLUICEGATE_BENCH_MEM_RUNS` (3), `SLUICEGATE_BENCH_POOL`
 //! (`DATABASE_POOL_SIZE` of the in-process service, 20),
 //! `SLUICEGATE_BENCH_FAIR_RUNS` (3), `SLUICEGATE_BENCH_FAIR_JOBS` (the
-//! large key's backlog in e, 5000),
-//! `SLUICEGATE_BENCH_ONLY` (which benchmarks, `abcde`), `SLUICEGATE_BENCH_BIN`
+//! large key's backlog in e, 5000), `SLUICEGATE_BENCH_KEYS` (jobs and keys
+//! in f, 10000),
+//! `SLUICEGATE_BENCH_ONLY` (which benchmarks, `abcdef`), `SLUICEGATE_BENCH_BIN`
 //! (the release binary; default `<target dir>/release/sluicegate`),
 //! `SLUICEGATE_BENCH_SQS_ENDPOINT` (a running SQS emulator; default: start
 //! one), `SLUICEGATE_BENCH_SQS_PID` (that emulator's pid, for CPU
@@ -38,6 +39,7 @@ mod cpu;
 mod dispatch;
 mod enqueue;
 mod fairness;
+mod keys;
 mod load;
 mod machine;
 mod memory;
@@ -109,8 +111,10 @@ pub struct Settings {
     pub fair_weighted: usize,
     pub fair_limit: u32,
     pub fair_work: Duration,
+    /// Jobs (and keys) in f.
+    pub scale_keys: usize,
     pub pool: u32,
-    /// Which benchmarks to run (a, b, c, d, e).
+    /// Which benchmarks to run (a, b, c, d, e, f).
     pub only: String,
     /// Knobs set in the environment, for the reproduce command.
     pub overrides: Vec<String>,
@@ -141,7 +145,8 @@ impl Settings {
         let pool = knob("SLUICEGATE_BENCH_POOL", 20u32, &mut o);
         let fair_runs = knob("SLUICEGATE_BENCH_FAIR_RUNS", 3usize, &mut o).max(1);
         let fair_big = knob("SLUICEGATE_BENCH_FAIR_JOBS", 5000usize, &mut o);
-        let only = knob("SLUICEGATE_BENCH_ONLY", "abcde".to_owned(), &mut o);
+        let scale_keys = knob("SLUICEGATE_BENCH_KEYS", 10_000usize, &mut o);
+        let only = knob("SLUICEGATE_BENCH_ONLY", "abcdef".to_owned(), &mut o);
         Self {
             runs,
             enqueue_secs,
@@ -163,6 +168,7 @@ impl Settings {
             fair_weighted: 1000,
             fair_limit: 10,
             fair_work: Duration::from_millis(100),
+            scale_keys,
             pool,
             only,
             overrides: o,
@@ -338,6 +344,20 @@ async fn run() {
         }
     }
 
+    let mut scale = Vec::new();
+    eprintln!("f. keys at scale: {} runs, {} keys", runs('f'), s.scale_keys);
+    for i in 0..runs('f') {
+        let r = keys::keys_run(&infra, &s).await;
+        eprintln!(
+            "   run {}: reservation {:.2} ms with one key, {:.2} ms with {} keys",
+            i + 1,
+            r.one_key_ms,
+            r.many_keys_ms,
+            s.scale_keys
+        );
+        scale.push(r);
+    }
+
     let mut mem = Vec::new();
     if let (Some((bin, _)), true) = (&binary, s.only.contains('d')) {
         eprintln!(
@@ -376,6 +396,7 @@ async fn run() {
         &sluice,
         &naive,
         &fair,
+        &scale,
         &mem,
         binary.as_ref(),
         started.elapsed(),
@@ -407,6 +428,7 @@ fn render(
     sluice: &[UtilRun],
     naive: &[UtilRun],
     fair: &[FairRun],
+    scale: &[keys::KeysRun],
     mem: &[MemRun],
     binary: Option<&(PathBuf, bool)>,
     took: Duration,
@@ -435,7 +457,7 @@ fn render(
          exit), checks Postgres, builds the release binary and runs `cargo bench --locked --bench throughput`. \
          Knobs: `SLUICEGATE_BENCH_RUNS`, `SLUICEGATE_BENCH_ENQUEUE_SECS`, `SLUICEGATE_BENCH_DISPATCH_JOBS`, \
          `SLUICEGATE_BENCH_UTIL_JOBS`, `SLUICEGATE_BENCH_MEM_JOBS`, `SLUICEGATE_BENCH_MEM_RUNS`, \
-         `SLUICEGATE_BENCH_POOL`, `SLUICEGATE_BENCH_FAIR_RUNS`, `SLUICEGATE_BENCH_FAIR_JOBS`, \
+         `SLUICEGATE_BENCH_POOL`, `SLUICEGATE_BENCH_FAIR_RUNS`, `SLUICEGATE_BENCH_FAIR_JOBS`, `SLUICEGATE_BENCH_KEYS`, \
          `SLUICEGATE_BENCH_ONLY` (see the top of `benches/throughput/main.rs`).\n",
         reproduce_command(s)
     );
@@ -444,6 +466,7 @@ fn render(
     dispatch::section(&mut o, &mut k, s, dis);
     utilisation::section(&mut o, &mut k, s, sluice, naive);
     fairness::section(&mut o, &mut k, s, fair);
+    keys::section(&mut o, &mut k, s, scale);
     let limit_ok = dis.iter().all(|r| r.max_held <= i64::from(s.dispatch_limit))
         && fair.iter().all(|r| r.max_held <= i64::from(s.fair_limit))
         && sluice
@@ -477,6 +500,7 @@ fn interpretation(k: &Facts, s: &Settings) -> String {
     dispatch::interpretation(&mut p, k, s);
     utilisation::interpretation(&mut p, k, s);
     fairness::interpretation(&mut p, k, s);
+    keys::interpretation(&mut p, k, s);
     memory::interpretation(&mut p, k, s);
     p.trim_end().to_owned()
 }

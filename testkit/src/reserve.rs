@@ -18,6 +18,7 @@ pub async fn reserve_ids(db: &PgPool, ids: &[Uuid]) -> sqlx::Result<Reservation>
         visibility_secs: 300.0,
         dispatch_lease_secs: 70.0,
         receipt_margin_secs: 100.0,
+        keys_per_reservation: sluicegate::drain::WINDOW_KEYS,
     };
     store::reserve(db, &offers, &times, i64::from(i32::MAX)).await
 }

@@ -489,3 +489,68 @@ async fn keys_with_settings_have_gauges_and_no_other_key_does() {
         "{text}"
     );
 }
+
+/// With more keys waiting than one reservation looks at (`WINDOW_KEYS`;
+/// two here), the cursor moves on: a key beyond the first ones gets its
+/// turn on the next reservation, not once the keys before it in key order
+/// have run dry.
+#[tokio::test]
+async fn with_more_keys_than_a_reservation_looks_at_every_key_gets_its_turn() {
+    let app = app().config(|c| c.max_concurrency = 100).spawn().await;
+    // `c` first (the oldest job), then three each for `a` and `b`.
+    let mut ids = vec![id_of(
+        &app.post_job(json!({"payload": 0, "key": "c"}))
+            .await
+            .json()
+            .await
+            .unwrap(),
+    )];
+    for key in ["a", "b"] {
+        for n in 0..3 {
+            let job: Value = app
+                .post_job(json!({"payload": n, "key": key}))
+                .await
+                .json()
+                .await
+                .unwrap();
+            ids.push(id_of(&job));
+        }
+    }
+    let ids: Vec<uuid::Uuid> = ids.iter().map(|id| id.parse().unwrap()).collect();
+    let receipts: Vec<String> = ids.iter().map(|id| format!("receipt-{id}")).collect();
+    let offers: Vec<sluicegate::store::Offer> = ids
+        .iter()
+        .zip(&receipts)
+        .map(|(&job, receipt)| sluicegate::store::Offer { job, receipt })
+        .collect();
+    let times = sluicegate::store::WindowTimes {
+        visibility_secs: 300.0,
+        dispatch_lease_secs: 70.0,
+        receipt_margin_secs: 100.0,
+        keys_per_reservation: 2,
+    };
+    let db = &app.state.db;
+    sluicegate::store::reserve(db, &offers, &times, 0).await.unwrap();
+    let ready: Vec<(uuid::Uuid, String)> = ids.iter().copied().zip(receipts.iter().cloned()).collect();
+    sluicegate::store::window_ready(db, &ready).await.unwrap();
+
+    // One slot per reservation, the jobs kept running.
+    let mut order = Vec::new();
+    for _ in 0..ids.len() {
+        let r = sluicegate::store::reserve(db, &[], &times, 1).await.unwrap();
+        assert_eq!(r.jobs.len(), 1);
+        let job = r.jobs[0].0.id();
+        let key: String = sqlx::query_scalar("SELECT key FROM jobs WHERE id = $1")
+            .bind(job)
+            .fetch_one(db)
+            .await
+            .unwrap();
+        order.push(key);
+    }
+    // Looking at `a` and `b` only, `c` would come last (7th).
+    let c_at = order.iter().position(|k| k == "c").unwrap();
+    assert!(c_at <= 1, "key c waited behind the keys before it: {order:?}");
+    let mut sorted = order.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["a", "a", "a", "b", "b", "b", "c"], "every job went once");
+}

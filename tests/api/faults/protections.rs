@@ -331,6 +331,7 @@ async fn a_job_taken_in_waits_for_its_extension_before_another_drain_reserves_it
         visibility_secs: 300.0,
         dispatch_lease_secs: 70.0,
         receipt_margin_secs: 100.0,
+        keys_per_reservation: sluicegate::drain::WINDOW_KEYS,
     };
     let receipt = "receipt-of-the-first-drain".to_owned();
     let offer = [store::Offer {
