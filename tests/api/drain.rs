@@ -377,25 +377,27 @@ async fn a_slow_downstream_never_holds_more_than_the_limit() {
 
 #[tokio::test]
 async fn the_drain_answers_within_its_budget_and_finishes_in_the_background() {
-    let ds = Downstream::start(|_| Reply::after(Duration::from_secs(2), 202)).await;
+    // The downstream takes 5 s; the drain's budget is 800 ms. The bound
+    // checked is far from both, so that a loaded machine cannot fail it:
+    // the drain answered long before the submission did.
+    let ds = Downstream::start(|_| Reply::after(Duration::from_secs(5), 202)).await;
     let app = app()
         .downstream(&ds.url)
-        .config(|c| c.drain_budget_ms = 800)
+        .config(|c| {
+            c.drain_budget_ms = 800;
+            c.dispatch_timeout_secs = 10;
+        })
         .spawn()
         .await;
     let id = id_of(&app.submit(json!(1)).await);
     let started = Instant::now();
     let report = app.drain().await;
-    assert!(
-        started.elapsed() < Duration::from_millis(1500),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
     assert_eq!(report["dispatched"], 1, "still being submitted counts");
     assert_eq!(report["running"], 1, "a dispatching job holds its slot");
     assert_eq!(app.status_of(&id).await, "dispatching");
     assert!(
-        eventually(Duration::from_secs(5), || async {
+        eventually(Duration::from_secs(10), || async {
             app.status_of(&id).await == "running"
         })
         .await

@@ -161,3 +161,102 @@ async fn every_sqs_request_is_counted_the_sdks_retries_included() {
     );
     assert!(page.contains("sluicegate_sqs_requests_total{operation=\"GetQueueAttributes\"}"));
 }
+
+/// Exact values, on a process of its own. The tests above share one
+/// process, so one recorder: there a counter can only be checked for
+/// growth. The binary, started fresh, must count exactly what it did.
+#[tokio::test]
+async fn a_fresh_process_counts_exactly_what_it_did() {
+    use crate::faults::common::spawn_binary;
+
+    let ds = Downstream::start(|_| Reply::status(202)).await;
+    let mut app = app().downstream(&ds.url).spawn().await;
+    // The database and queue are ready; only the binary serves from here.
+    app.stop().await;
+    let (mut child, base) = spawn_binary(&app, &ds.url, &[("REFILL_ON_CALLBACK", "false".to_owned())]);
+    let http = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for n in 0..2 {
+        let r = http
+            .post(format!("{base}/jobs"))
+            .bearer_auth(API_TOKEN)
+            .json(&json!({"payload": n}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        ids.push(
+            r.json::<serde_json::Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let r = http
+        .post(format!("{base}/drain"))
+        .bearer_auth(DRAIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = http
+        .post(format!("{base}/jobs/{}/callback", ids[0]))
+        .bearer_auth(ds.token_for(&ids[0]))
+        .json(&json!({"status": "succeeded"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let scrape = || async {
+        let text = http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let m: HashMap<String, f64> = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .filter_map(|l| {
+                let (series, value) = l.rsplit_once(' ')?;
+                Some((series.to_owned(), value.parse().ok()?))
+            })
+            .collect();
+        (text, m)
+    };
+    // The second submission may still be finishing after the drain answered.
+    let (mut text, mut m) = scrape().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while get(&m, "sluicegate_jobs_dispatched_total") < 2.0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        (text, m) = scrape().await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let exactly = |series: &str, want: f64| assert_eq!(get(&m, series), want, "{series}\n{text}");
+    exactly("sluicegate_jobs_enqueued_total", 2.0);
+    exactly("sluicegate_jobs_dispatched_total", 2.0);
+    exactly("sluicegate_jobs_finished_total{status=\"succeeded\"}", 1.0);
+    exactly(
+        "sluicegate_http_requests_total{method=\"POST\",route=\"/jobs\",status=\"202\"}",
+        2.0,
+    );
+    exactly(
+        "sluicegate_http_requests_total{method=\"POST\",route=\"/drain\",status=\"200\"}",
+        1.0,
+    );
+    exactly(
+        "sluicegate_http_requests_total{method=\"POST\",route=\"/jobs/{id}/callback\",status=\"200\"}",
+        1.0,
+    );
+    exactly("sluicegate_drain_duration_seconds_count", 1.0);
+    exactly(
+        "sluicegate_downstream_request_duration_seconds_count{outcome=\"accepted\"}",
+        2.0,
+    );
+    exactly("sluicegate_postgres_up", 1.0);
+    exactly("sluicegate_http_requests_shed_total", 0.0);
+}

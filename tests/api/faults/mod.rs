@@ -3,7 +3,7 @@
 //! removed (docs/reliability.md records what breaking each one showed), and
 //! the dependencies are cut, killed and restarted for real.
 
-mod common;
+pub(crate) mod common;
 // Needs the binary built with the crash points (`--features failpoints`,
 // which scripts/test passes).
 #[cfg(feature = "failpoints")]
