@@ -555,6 +555,43 @@ async fn a_reservation_honours_a_retry_after_recorded_after_the_drain_looked() {
     assert_eq!(r.jobs.len(), 1);
 }
 
+/// A reservation says how many free slots it left: a drain then knows
+/// whether a job that did not go waits on the global limit (none left) or
+/// on its key's cap, and whether a long poll for more work makes sense.
+#[tokio::test]
+async fn a_reservation_says_how_many_free_slots_it_left() {
+    let app = app().config(|c| c.max_concurrency = 3).spawn().await;
+    let r = app
+        .http
+        .put(app.url("/keys/k"))
+        .bearer_auth(API_TOKEN)
+        .json(&json!({"max_concurrency": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut ids = Vec::new();
+    for n in 0..2 {
+        ids.push(id_of(
+            &app.post_job(json!({"payload": n, "key": "k"}))
+                .await
+                .json()
+                .await
+                .unwrap(),
+        ));
+    }
+    let ids: Vec<uuid::Uuid> = ids.iter().map(|id| id.parse().unwrap()).collect();
+    // Key cap 1: one of the two goes, and two of the three slots stay free.
+    let r = reserve_ids(&app.state.db, &ids).await.unwrap();
+    assert_eq!(r.jobs.len(), 1);
+    assert_eq!(r.slots_left, 2, "3 free slots, 1 used");
+    // Limit 1, now taken: nothing goes and no slot is left.
+    app.set_limit(1).await;
+    let r = reserve_ids(&app.state.db, &ids).await.unwrap();
+    assert!(r.jobs.is_empty());
+    assert_eq!(r.slots_left, 0);
+}
+
 #[tokio::test]
 async fn a_retry_after_longer_than_the_cap_is_cut_and_says_so() {
     let ds = Downstream::start(|_| Reply {
