@@ -356,3 +356,34 @@ async fn a_job_taken_in_waits_for_its_extension_before_another_drain_reserves_it
     assert_eq!(other.jobs[0].0.id(), id);
     assert_eq!(other.jobs[0].1.handle, receipt);
 }
+
+/// A job whose message SQS could not release (a back-off after a 5xx, while
+/// SQS was cut) goes back into the intake window with the receipt it held,
+/// so that it can go again before that message shows again.
+#[tokio::test]
+async fn a_message_that_could_not_be_released_keeps_its_job_in_the_window() {
+    let app = app().spawn().await;
+    let id = uuid(&id_of(&app.submit(json!("held")).await));
+    let db = &app.state.db;
+    let held = store::Receipt {
+        handle: "receipt-still-held".to_owned(),
+        expires_at: chrono::Utc::now() + chrono::Duration::seconds(300),
+    };
+    store::back_into_window(db, &[(id, held)]).await.unwrap();
+    let r = store::reserve(
+        db,
+        &[],
+        &store::WindowTimes {
+            visibility_secs: 300.0,
+            dispatch_lease_secs: 70.0,
+            receipt_margin_secs: 100.0,
+            keys_per_reservation: sluicegate::drain::WINDOW_KEYS,
+        },
+        1,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.jobs.len(), 1, "the job is not in the window");
+    assert_eq!(r.jobs[0].0.id(), id);
+    assert_eq!(r.jobs[0].1.handle, "receipt-still-held");
+}
