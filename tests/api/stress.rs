@@ -1,6 +1,7 @@
-//! The concurrency invariant under load: two replicas on one database and
-//! queue, four concurrent drain callers, a downstream that is slow, busy,
-//! failing, timing out and losing callbacks, and the limit changing.
+//! The concurrency invariant under load: three replicas on one database and
+//! queue, six concurrent drain callers, a downstream that is slow, busy,
+//! failing, timing out and losing callbacks, and the limit changing at
+//! random (the key caps: two replicas, the caps changing).
 
 use std::{
     collections::HashMap,
@@ -94,7 +95,7 @@ async fn check_arrivals_against_the_limit(db: &sqlx::PgPool, arrivals: &[Vec<(St
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_limit_holds_with_two_replicas_racing_drains_and_a_hostile_downstream() {
+async fn the_limit_holds_with_three_replicas_racing_drains_and_a_hostile_downstream() {
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let rng = Arc::new(Mutex::new(StdRng::seed_from_u64(7)));
     // The downstream's own work, finished by callbacks.
@@ -160,6 +161,7 @@ async fn the_limit_holds_with_two_replicas_racing_drains_and_a_hostile_downstrea
             .await,
     );
     let b = Arc::new(a.replica().await);
+    let c = Arc::new(a.replica().await);
     sqlx::raw_sql(LIMIT_LOG).execute(&a.db).await.unwrap();
 
     // The downstream's workers: call back after the work (on either replica's
@@ -209,10 +211,10 @@ async fn the_limit_holds_with_two_replicas_racing_drains_and_a_hostile_downstrea
         n == 0
     };
 
-    // Four drain callers, alternating replicas.
+    // Six drain callers, two on each replica.
     let mut callers = Vec::new();
-    for k in 0..4 {
-        let app = if k % 2 == 0 { a.clone() } else { b.clone() };
+    for k in 0..6 {
+        let app = [&a, &b, &c][k % 3].clone();
         callers.push(tokio::spawn(async move {
             let mut drains = 0;
             while Instant::now() < deadline {
