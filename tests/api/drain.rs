@@ -628,6 +628,12 @@ async fn a_job_whose_message_was_purged_gets_a_fresh_one_when_it_goes_back_to_th
     let id = id_of(&app.submit(json!(1)).await);
     assert_eq!(app.drain().await["stop_reason"], "downstream_busy");
     assert_eq!(app.status_of(&id).await, "queued");
+    // Its message could not be released (gone): a fresh one was sent.
+    assert_eq!(
+        crate::faults::common::messages_in_queue(&app).await,
+        1,
+        "no fresh message was sent for the job"
+    );
     *ds.before_reply.lock().unwrap() = None;
     ds.set(|_| Reply::status(202));
     assert!(
