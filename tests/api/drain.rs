@@ -646,6 +646,36 @@ async fn a_job_whose_message_was_purged_gets_a_fresh_one_when_it_goes_back_to_th
     );
 }
 
+/// A job sent back to the queue while its submission was in flight (its
+/// lease reclaimed) still needs its message: when the downstream's answer
+/// finds the job moved on, the message is kept, not deleted.
+#[tokio::test]
+async fn a_job_reclaimed_during_its_submission_keeps_its_message() {
+    use std::sync::Arc;
+    let ds = Downstream::start(|_| Reply::status(202)).await;
+    let app = Arc::new(app().downstream(&ds.url).spawn().await);
+    let a = app.clone();
+    *ds.before_reply.lock().unwrap() = Some(Arc::new(move |s: Seen| {
+        let a = a.clone();
+        Box::pin(async move {
+            sqlx::query("UPDATE jobs SET lease_expires_at = now() - interval '1 second' WHERE id = $1::uuid")
+                .bind(&s.job_id)
+                .execute(&a.db)
+                .await
+                .unwrap();
+            sluicegate::store::reclaim_expired(&a.db).await.unwrap();
+        })
+    }));
+    let id = id_of(&app.submit(json!(1)).await);
+    app.drain().await;
+    assert_eq!(app.status_of(&id).await, "queued", "the lease sent it back");
+    assert_eq!(
+        crate::faults::common::messages_in_queue(&app).await,
+        1,
+        "the message of a job back in the queue was deleted"
+    );
+}
+
 #[tokio::test]
 async fn an_empty_short_poll_is_not_believed_while_postgres_knows_a_due_job() {
     // On real SQS a short poll samples a few servers and can miss the
