@@ -554,3 +554,22 @@ async fn with_more_keys_than_a_reservation_looks_at_every_key_gets_its_turn() {
     sorted.sort();
     assert_eq!(sorted, ["a", "a", "a", "b", "b", "b", "c"], "every job went once");
 }
+
+/// An enqueue opens this replica's intake at once: after an empty receive
+/// a replica at capacity stops taking messages in for a second, but a job
+/// submitted meanwhile is taken into the window by the next drain.
+#[tokio::test]
+async fn an_enqueue_reopens_the_intake_of_a_replica_at_capacity() {
+    let ds = Downstream::start(|_| Reply::status(202)).await;
+    let app = app().downstream(&ds.url).spawn().await;
+    occupy_the_only_slot(&app).await;
+    // Nothing left to take in: the intake closes after this empty receive.
+    assert_eq!(app.drain().await["stop_reason"], "at_capacity");
+    app.post_job(json!({"payload": 1, "key": "late"})).await;
+    app.drain().await;
+    assert_eq!(
+        in_window(&app, "late").await,
+        1,
+        "the drain right after the submission did not take the job in"
+    );
+}
