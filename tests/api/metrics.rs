@@ -11,10 +11,12 @@ async fn scrape(app: &TestApp) -> HashMap<String, f64> {
     let r = app.http.get(app.url("/metrics")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
-    r.text()
-        .await
-        .unwrap()
-        .lines()
+    parse(&r.text().await.unwrap())
+}
+
+/// The text exposition as sample values by series.
+fn parse(text: &str) -> HashMap<String, f64> {
+    text.lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
         .filter_map(|l| {
             let (series, value) = l.rsplit_once(' ')?;
@@ -217,14 +219,7 @@ async fn a_fresh_process_counts_exactly_what_it_did() {
             .text()
             .await
             .unwrap();
-        let m: HashMap<String, f64> = text
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.is_empty())
-            .filter_map(|l| {
-                let (series, value) = l.rsplit_once(' ')?;
-                Some((series.to_owned(), value.parse().ok()?))
-            })
-            .collect();
+        let m = parse(&text);
         (text, m)
     };
     // The second submission may still be finishing after the drain answered.
