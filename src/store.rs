@@ -958,48 +958,72 @@ pub async fn reserve(pool: &PgPool, offers: &[Offer<'_>], window: &WindowTimes, 
                     - (SELECT count(*) FROM jobs WHERE status = ANY(live_statuses())), 0) AS n,
                     g.key_max_concurrency AS default_cap
              FROM gate g),
-           -- The keys looked at: at most $6, in key order from just after the
-           -- cursor, wrapping around (each by a loose index scan).
+           -- The keys looked at, each with its first job that may go now
+           -- (not reserved, its receipt valid long enough, not pending unless
+           -- this transaction took it in, its job queued and due): at most $6
+           -- keys, in key order from just after the cursor, wrapping around.
+           -- A loose index scan: one probe per key, whatever its backlog.
            after_cursor AS (
-             (SELECT i.key, 1::bigint AS n FROM intake i WHERE i.key > (SELECT key_cursor FROM gate) AND NOT i.reserved
-              ORDER BY i.key LIMIT 1)
+             (SELECT i.key, i.turn_at, i.job_id, 1::bigint AS n FROM intake i
+              WHERE i.key > (SELECT key_cursor FROM gate) AND NOT i.reserved
+                AND i.expires_at > now() + make_interval(secs => $4) AND (NOT i.pending OR i.job_id = ANY($5))
+                AND (SELECT j.status = 'queued' AND j.available_at <= now() FROM jobs j WHERE j.id = i.job_id)
+              ORDER BY i.key, i.turn_at, i.job_id LIMIT 1)
              UNION ALL
-             SELECT (SELECT i.key FROM intake i WHERE i.key > a.key AND NOT i.reserved ORDER BY i.key LIMIT 1),
-                    a.n + 1
-             FROM after_cursor a WHERE a.key IS NOT NULL AND a.n < $6),
+             SELECT h.key, h.turn_at, h.job_id, a.n + 1
+             FROM after_cursor a CROSS JOIN LATERAL (
+               SELECT i.key, i.turn_at, i.job_id FROM intake i
+               WHERE i.key > a.key AND NOT i.reserved
+                 AND i.expires_at > now() + make_interval(secs => $4) AND (NOT i.pending OR i.job_id = ANY($5))
+                 AND (SELECT j.status = 'queued' AND j.available_at <= now() FROM jobs j WHERE j.id = i.job_id)
+               ORDER BY i.key, i.turn_at, i.job_id LIMIT 1) h
+             WHERE a.n < $6),
            up_to_cursor AS (
-             (SELECT i.key, 1::bigint AS n FROM intake i WHERE i.key <= (SELECT key_cursor FROM gate) AND NOT i.reserved
-                AND (SELECT count(key) FROM after_cursor) < $6
-              ORDER BY i.key LIMIT 1)
+             (SELECT i.key, i.turn_at, i.job_id, 1::bigint AS n FROM intake i
+              WHERE i.key <= (SELECT key_cursor FROM gate) AND NOT i.reserved
+                AND i.expires_at > now() + make_interval(secs => $4) AND (NOT i.pending OR i.job_id = ANY($5))
+                AND (SELECT j.status = 'queued' AND j.available_at <= now() FROM jobs j WHERE j.id = i.job_id)
+                AND (SELECT count(*) FROM after_cursor) < $6
+              ORDER BY i.key, i.turn_at, i.job_id LIMIT 1)
              UNION ALL
-             SELECT (SELECT i.key FROM intake i WHERE i.key > u.key AND i.key <= (SELECT key_cursor FROM gate)
-                       AND NOT i.reserved ORDER BY i.key LIMIT 1),
-                    u.n + 1
-             FROM up_to_cursor u WHERE u.key IS NOT NULL AND u.n + (SELECT count(key) FROM after_cursor) < $6),
-           window_keys AS (
-             SELECT key FROM after_cursor WHERE key IS NOT NULL
+             SELECT h.key, h.turn_at, h.job_id, u.n + 1
+             FROM up_to_cursor u CROSS JOIN LATERAL (
+               SELECT i.key, i.turn_at, i.job_id FROM intake i
+               WHERE i.key > u.key AND i.key <= (SELECT key_cursor FROM gate) AND NOT i.reserved
+                 AND i.expires_at > now() + make_interval(secs => $4) AND (NOT i.pending OR i.job_id = ANY($5))
+                 AND (SELECT j.status = 'queued' AND j.available_at <= now() FROM jobs j WHERE j.id = i.job_id)
+               ORDER BY i.key, i.turn_at, i.job_id LIMIT 1) h
+             WHERE u.n + (SELECT count(*) FROM after_cursor) < $6),
+           heads AS (
+             SELECT key, turn_at, job_id FROM after_cursor
              UNION ALL
-             SELECT key FROM up_to_cursor WHERE key IS NOT NULL),
+             SELECT key, turn_at, job_id FROM up_to_cursor),
            -- More keys than that: the next reservation starts after the last
            -- one looked at.
            moved AS (
              UPDATE gate SET key_cursor = c.next
-             FROM (SELECT CASE WHEN (SELECT count(*) FROM window_keys) >= $6
+             FROM (SELECT CASE WHEN (SELECT count(*) FROM heads) >= $6
                                THEN coalesce((SELECT max(key) FROM up_to_cursor), (SELECT max(key) FROM after_cursor))
                                ELSE '' END AS next) c
              WHERE gate.key_cursor IS DISTINCT FROM c.next),
            live_by_key AS (
              SELECT key, count(*) AS live FROM jobs WHERE status = ANY(live_statuses()) GROUP BY key),
            room AS (
-             SELECT w.key, coalesce(k.max_concurrency, f.default_cap) AS cap, coalesce(k.weight, 1) AS weight,
-                    coalesce(l.live, 0) AS live, LEAST(f.n, $1) AS free
-             FROM window_keys w CROSS JOIN free f LEFT JOIN keys k ON k.key = w.key
-                  LEFT JOIN live_by_key l ON l.key = w.key
-             WHERE w.key IS NOT NULL),
+             SELECT h.key, h.turn_at, h.job_id, coalesce(k.max_concurrency, f.default_cap) AS cap,
+                    coalesce(k.weight, 1) AS weight, coalesce(l.live, 0) AS live, LEAST(f.n, $1) AS free
+             FROM heads h CROSS JOIN free f LEFT JOIN keys k ON k.key = h.key
+                  LEFT JOIN live_by_key l ON l.key = h.key),
+           -- Only the keys whose first job would win a slot can win any: a
+           -- key's later jobs come after its first. So at most `free` keys,
+           -- the best by their first job, are looked into further.
+           best AS (
+             SELECT * FROM room WHERE cap IS NULL OR live < cap
+             ORDER BY (live + 1) / weight, turn_at, job_id
+             LIMIT (SELECT LEAST(n, $1) FROM free)),
            cand AS MATERIALIZED (
              SELECT c.job_id, c.turn_at, c.receipt, c.expires_at, (r.live + c.n) / r.weight AS share
-             FROM room r CROSS JOIN LATERAL (
-               -- A key's window rows in turn, each job checked by its primary
+             FROM best r CROSS JOIN LATERAL (
+               -- A key's jobs that may go, in turn, each checked by its primary
                -- key (a subquery, so no plan joins the window to a scan of jobs).
                SELECT i.job_id, i.turn_at, i.receipt, i.expires_at,
                       row_number() OVER (ORDER BY i.turn_at, i.job_id) AS n
