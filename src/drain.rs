@@ -244,28 +244,12 @@ pub async fn drain(state: &AppState) -> anyhow::Result<DrainReport> {
             break Ok(StopReason::DownstreamBusy);
         }
         let free = (i64::from(gate.limit) - gate.live).max(0);
-        // With free slots, receive for them (a long poll only when the window
-        // had nothing left that may go). Without, keep taking messages into
-        // the window for a while: other keys' jobs may wait behind a backlog.
-        // A full window takes no more: jobs further back in SQS are seen as
-        // it empties.
-        let room = gate.window < WINDOW_MAX;
-        // Paused (limit 0): no slot will free up, and messages held in the
-        // window for days would only be received again and again.
-        let take_in = room && gate.limit > 0 && Instant::now() < intake_until && state.intake.is_open();
-        let messages = if free == 0 && !take_in {
-            break Ok(StopReason::AtCapacity);
-        } else if !room {
-            Ok(Vec::new())
-        } else if long_poll_next {
-            long_poll(state, stop_taking_by).await
-        } else if free == 0 {
-            // Only taking in: several receives at once, so that a backlog
-            // reaches the window (and the keys behind it are seen) quickly.
-            let batches = ((WINDOW_MAX - gate.window) as usize / SQS_BATCH).clamp(1, INTAKE_RECEIVES);
-            receive(state, batches).await
-        } else {
-            receive(state, 1).await
+        let intake_open = Instant::now() < intake_until && state.intake.is_open();
+        let messages = match next_ask(&gate, intake_open, long_poll_next) {
+            Ask::Stop => break Ok(StopReason::AtCapacity),
+            Ask::Nothing => Ok(Vec::new()),
+            Ask::LongPoll => long_poll(state, stop_taking_by).await,
+            Ask::Receive(batches) => receive(state, batches).await,
         };
         let messages = match messages {
             Ok(m) => m,
@@ -362,6 +346,50 @@ pub async fn drain(state: &AppState) -> anyhow::Result<DrainReport> {
         limit: limit.into(),
         stop_reason,
     })
+}
+
+/// What a drain asks SQS for next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ask {
+    /// No free slot and no taking in: the drain is done.
+    Stop,
+    /// Nothing: the free slots are offered to the window alone.
+    Nothing,
+    /// One long poll (see [`long_poll`]).
+    LongPoll,
+    /// This many receives of ten, sent at once.
+    Receive(usize),
+}
+
+/// With free slots, receive for them (a long poll only when the window had
+/// nothing left that may go). Without, keep taking messages into the window
+/// while `intake_open` (this drain's intake share of its budget, and SQS not
+/// found empty in the last [`INTAKE_IDLE`]): other keys' jobs may wait behind
+/// a backlog. A full window takes no more: jobs further back in SQS are seen
+/// as it empties. Paused (limit 0): no slot will free up, and messages held
+/// in the window for days would only be received again and again.
+fn next_ask(gate: &store::GateState, intake_open: bool, long_poll_next: bool) -> Ask {
+    let free = (i64::from(gate.limit) - gate.live).max(0);
+    let room = gate.window < WINDOW_MAX;
+    let take_in = room && gate.limit > 0 && intake_open;
+    if free == 0 && !take_in {
+        Ask::Stop
+    } else if !room {
+        Ask::Nothing
+    } else if long_poll_next {
+        Ask::LongPoll
+    } else if free > 0 && gate.waiting && !intake_open {
+        // SQS came back empty a moment ago (or this drain has spent its
+        // intake share) and jobs wait in the window: no receive per freed
+        // slot. If none of them may go now, the long poll settles it.
+        Ask::Nothing
+    } else if free == 0 {
+        // Only taking in: several receives at once, so that a backlog
+        // reaches the window (and the keys behind it are seen) quickly.
+        Ask::Receive(((WINDOW_MAX - gate.window) as usize / SQS_BATCH).clamp(1, INTAKE_RECEIVES))
+    } else {
+        Ask::Receive(1)
+    }
 }
 
 /// Receives up to `batches` × 10 messages (short polls, sent at once),
@@ -819,5 +847,49 @@ mod tests {
             assert!(backoff(30) <= BACKOFF_CAP);
             assert!(backoff(30) >= BACKOFF_CAP / 2);
         }
+    }
+
+    fn gate(limit: i32, live: i64, window: i64, waiting: bool) -> store::GateState {
+        store::GateState {
+            limit,
+            live,
+            busy: false,
+            window,
+            waiting,
+        }
+    }
+
+    #[test]
+    fn free_slots_are_received_for_unless_sqs_was_just_found_empty_and_jobs_wait_in_the_window() {
+        // Nothing waits: receive for the free slots, intake open or not.
+        assert_eq!(next_ask(&gate(10, 5, 0, false), true, false), Ask::Receive(1));
+        assert_eq!(next_ask(&gate(10, 5, 0, false), false, false), Ask::Receive(1));
+        // Only reserved rows in the window: they cannot fill a slot.
+        assert_eq!(next_ask(&gate(10, 5, 5, false), false, false), Ask::Receive(1));
+        // Jobs wait: SQS is asked while the intake is open, not after an
+        // empty receive (one request per freed slot otherwise).
+        assert_eq!(next_ask(&gate(10, 5, 50, true), true, false), Ask::Receive(1));
+        assert_eq!(next_ask(&gate(10, 5, 50, true), false, false), Ask::Nothing);
+        // The window had nothing that may go: the long poll settles it.
+        assert_eq!(next_ask(&gate(10, 5, 50, true), false, true), Ask::LongPoll);
+    }
+
+    #[test]
+    fn without_free_slots_a_drain_only_takes_messages_in_while_its_intake_is_open() {
+        assert_eq!(next_ask(&gate(10, 10, 0, false), false, false), Ask::Stop);
+        assert_eq!(
+            next_ask(&gate(10, 10, 0, false), true, false),
+            Ask::Receive(INTAKE_RECEIVES)
+        );
+        // Nearly full window: only what fits.
+        assert_eq!(
+            next_ask(&gate(10, 10, WINDOW_MAX - 25, true), true, false),
+            Ask::Receive(2)
+        );
+        // Full window: nothing more, with or without free slots.
+        assert_eq!(next_ask(&gate(10, 10, WINDOW_MAX, true), true, false), Ask::Stop);
+        assert_eq!(next_ask(&gate(10, 5, WINDOW_MAX, true), true, false), Ask::Nothing);
+        // Paused: nothing is taken in.
+        assert_eq!(next_ask(&gate(0, 0, 0, false), true, false), Ask::Stop);
     }
 }

@@ -163,6 +163,8 @@ pub struct GateState {
     pub busy: bool,
     /// Messages in the intake window (counted up to the `window_max` asked).
     pub window: i64,
+    /// Whether any of them waits for a slot (is not reserved).
+    pub waiting: bool,
 }
 
 pub async fn gate_state(ex: impl PgExecutor<'_>, window_max: i64) -> sqlx::Result<GateState> {
@@ -170,7 +172,8 @@ pub async fn gate_state(ex: impl PgExecutor<'_>, window_max: i64) -> sqlx::Resul
         GateState,
         r#"SELECT max_concurrency AS "limit!", coalesce(busy_until > now(), false) AS "busy!",
                   (SELECT count(*) FROM jobs WHERE status = ANY(live_statuses())) AS "live!",
-                  (SELECT count(*) FROM (SELECT 1 FROM intake WHERE expires_at > now() LIMIT $1) w) AS "window!"
+                  (SELECT count(*) FROM (SELECT 1 FROM intake WHERE expires_at > now() LIMIT $1) w) AS "window!",
+                  EXISTS (SELECT 1 FROM intake WHERE NOT reserved AND expires_at > now()) AS "waiting!"
            FROM gate"#,
         window_max
     )
