@@ -69,7 +69,7 @@ async fn refill_loop(state: AppState) {
             _ = tick => true,
         };
         let span = tracing::info_span!("background", trigger = if ticked { "ticker" } else { "refill" });
-        match crate::drain::drain(&state).instrument(span).await {
+        match crate::drain::refill(&state).instrument(span).await {
             Ok(r) => tracing::debug!(dispatched = r.dispatched, stop_reason = ?r.stop_reason, "background drain"),
             Err(e) => {
                 tracing::warn!(error = %e, "background drain failed");

@@ -204,9 +204,22 @@ impl Intake {
 }
 
 /// One drain: answers within `DRAIN_BUDGET_MS`. Submissions still in flight
-/// then go on in the background (tracked by `state.tasks`).
-#[tracing::instrument(name = "drain", skip_all)]
+/// then go on in the background (tracked by `state.tasks`). Its messages are
+/// deleted before it answers (`POST /drain`).
 pub async fn drain(state: &AppState) -> anyhow::Result<DrainReport> {
+    run(state, false).await
+}
+
+/// A drain started by this replica itself (a callback freed a slot, or the
+/// ticker): as [`drain`], but its deletes that do not fill a batch of ten
+/// wait a moment for the next drain's (`Queue::delete_soon`), since such
+/// drains come one per callback and each finishes one or two jobs.
+pub async fn refill(state: &AppState) -> anyhow::Result<DrainReport> {
+    run(state, true).await
+}
+
+#[tracing::instrument(name = "drain", skip_all)]
+async fn run(state: &AppState, linger: bool) -> anyhow::Result<DrainReport> {
     let started = Instant::now();
     let budget = state.config.drain_budget();
     let margin = (budget / 10).min(Duration::from_millis(300));
@@ -219,7 +232,10 @@ pub async fn drain(state: &AppState) -> anyhow::Result<DrainReport> {
 
     let (tx, mut rx) = mpsc::unbounded_channel::<Finished>();
     let mut in_flight = 0usize;
-    let mut tally = Tally::default();
+    let mut tally = Tally {
+        linger,
+        ..Tally::default()
+    };
     let mut long_poll_next = false;
 
     // A failure (Postgres or SQS down) stops taking jobs but not the rest:
@@ -293,7 +309,10 @@ pub async fn drain(state: &AppState) -> anyhow::Result<DrainReport> {
                     let finished = dispatch(&state, job, receipt).await;
                     // Once the drain has answered, the task acts on the message itself.
                     if let Err(mpsc::error::SendError(f)) = tx.send(finished) {
-                        let mut own = Tally::default();
+                        let mut own = Tally {
+                            linger,
+                            ..Tally::default()
+                        };
                         own.add(f);
                         own.act_on_messages(&state).await;
                     }
@@ -449,6 +468,8 @@ struct Tally {
     /// Jobs whose dispatch deleted or released their message, with the
     /// receipt it used: they leave the intake window.
     leave: Vec<(Uuid, String)>,
+    /// Deletes may wait a moment to fill a batch (see [`refill`]).
+    linger: bool,
 }
 
 impl Tally {
@@ -481,7 +502,14 @@ impl Tally {
             tracing::warn!(error = %e, "could not remove dispatched jobs from the intake window");
         }
         let receipts: Vec<(String, Duration)> = self.release.iter().map(|r| (r.receipt.clone(), r.delay)).collect();
-        let ((), failed) = tokio::join!(state.queue.delete(&self.delete), state.queue.release(&receipts));
+        let delete = async {
+            if self.linger {
+                state.queue.delete_soon(&self.delete, &state.tasks).await;
+            } else {
+                state.queue.delete(&self.delete).await;
+            }
+        };
+        let ((), failed) = tokio::join!(delete, state.queue.release(&receipts));
         let failed: Vec<&Release> = failed.iter().filter_map(|&i| self.release.get(i)).collect();
         let back: Vec<(Uuid, store::Receipt)> = failed
             .iter()

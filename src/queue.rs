@@ -3,7 +3,10 @@
 //! is counted in `sluicegate_sqs_requests_total{operation}` (an interceptor on
 //! the client, see [`CountRequests`]).
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use aws_sdk_sqs::{
     Client,
@@ -15,6 +18,7 @@ use aws_sdk_sqs::{
 };
 use chrono::{DateTime, Utc};
 use futures::future::join_all;
+use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 /// SQS accepts at most 10 entries per batch request and per receive.
@@ -25,11 +29,23 @@ pub const MAX_VISIBILITY_SECS: i32 = 43_200;
 pub const MAX_DELAY_SECS: i32 = 900;
 /// SQS caps a long poll at 20 seconds.
 pub const MAX_WAIT_SECS: i32 = 20;
+/// How long a delete given to [`Queue::delete_soon`] waits for company to
+/// fill a batch of ten.
+pub const DELETE_LINGER: Duration = Duration::from_millis(200);
 
 #[derive(Clone)]
 pub struct Queue {
     client: Client,
     url: String,
+    lingering: Arc<Mutex<Lingering>>,
+}
+
+/// Deletes waiting for company (see [`Queue::delete_soon`]).
+#[derive(Default)]
+struct Lingering {
+    receipts: Vec<String>,
+    /// A task will send what is left after [`DELETE_LINGER`].
+    armed: bool,
 }
 
 /// A received message.
@@ -73,6 +89,7 @@ impl Queue {
         Self {
             client: Client::from_conf(conf),
             url: url.into(),
+            lingering: Arc::default(),
         }
     }
 
@@ -208,6 +225,40 @@ impl Queue {
             }
         });
         join_all(deletes).await;
+    }
+
+    /// Deletes messages in full batches of ten, sending what is left over
+    /// within [`DELETE_LINGER`], together with whatever else is given to
+    /// this replica's queue meanwhile: drains that each finish one or two
+    /// jobs (a refill per callback) then still delete ten at a time. The
+    /// late batch is sent by a task in `tasks` (graceful shutdown waits for
+    /// it); if the process dies first, those messages come back and are
+    /// deleted then (their jobs need no message any more). Returns how many
+    /// were sent at once.
+    pub async fn delete_soon(&self, receipts: &[String], tasks: &TaskTracker) -> usize {
+        let (now, arm) = {
+            let mut l = self.lingering.lock().expect("never poisoned");
+            l.receipts.extend_from_slice(receipts);
+            let full = l.receipts.len() / SQS_BATCH * SQS_BATCH;
+            let now: Vec<String> = l.receipts.drain(..full).collect();
+            let arm = !l.receipts.is_empty() && !l.armed;
+            l.armed |= arm;
+            (now, arm)
+        };
+        if arm {
+            let queue = self.clone();
+            tasks.spawn(async move {
+                tokio::time::sleep(DELETE_LINGER).await;
+                let rest = {
+                    let mut l = queue.lingering.lock().expect("never poisoned");
+                    l.armed = false;
+                    std::mem::take(&mut l.receipts)
+                };
+                queue.delete(&rest).await;
+            });
+        }
+        self.delete(&now).await;
+        now.len()
     }
 
     /// Makes messages visible again after `delay` (zero: now). Returns the

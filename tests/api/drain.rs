@@ -496,20 +496,7 @@ async fn a_young_message_of_an_unknown_job_is_kept_for_its_grace_period() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     // Hidden for a while, not deleted: it comes back after its visibility.
     assert!(app.receive_all(1).await.is_empty(), "not visible");
-    let hidden: i64 = {
-        let out = app
-            .sqs
-            .get_queue_attributes()
-            .queue_url(&app.queue_url)
-            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-            .send()
-            .await
-            .unwrap();
-        out.attributes().unwrap()[&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible]
-            .parse()
-            .unwrap()
-    };
-    assert_eq!(hidden, 1, "still in the queue");
+    assert_eq!(in_flight(&app).await, 1, "still in the queue");
 }
 
 #[tokio::test]
@@ -696,4 +683,53 @@ async fn an_empty_short_poll_is_not_believed_while_postgres_knows_a_due_job() {
         "{:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test]
+async fn lingering_deletes_go_out_ten_at_a_time_and_the_rest_within_the_linger() {
+    let app = app().spawn().await;
+    let ids: Vec<uuid::Uuid> = (0..13).map(|_| uuid::Uuid::new_v4()).collect();
+    assert!(app.state.queue.send_job_ids(&ids).await.is_empty());
+    let mut receipts = Vec::new();
+    while receipts.len() < ids.len() {
+        let got = app
+            .state
+            .queue
+            .receive(10, Duration::from_secs(3600), Duration::from_secs(1))
+            .await
+            .unwrap();
+        receipts.extend(got.into_iter().map(|m| m.receipt));
+    }
+    let queue = &app.state.queue;
+    let tasks = &app.state.tasks;
+    assert_eq!(in_flight(&app).await, 13);
+
+    // Three: they wait for company.
+    assert_eq!(queue.delete_soon(&receipts[..3], tasks).await, 0);
+    // Ten more: a batch of ten goes at once, three still wait ...
+    let sent = Instant::now();
+    assert_eq!(queue.delete_soon(&receipts[3..], tasks).await, 10);
+    let left = in_flight(&app).await;
+    if sent.elapsed() < sluicegate::queue::DELETE_LINGER {
+        assert_eq!(left, 3);
+    }
+    // ... and go within the linger.
+    tokio::time::sleep(sluicegate::queue::DELETE_LINGER + Duration::from_millis(300)).await;
+    assert_eq!(in_flight(&app).await, 0);
+}
+
+/// Messages received and neither deleted nor visible again.
+async fn in_flight(app: &TestApp) -> i64 {
+    use aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible as NotVisible;
+    let out = app
+        .sqs
+        .get_queue_attributes()
+        .queue_url(&app.queue_url)
+        .attribute_names(NotVisible)
+        .send()
+        .await
+        .unwrap();
+    out.attributes()
+        .and_then(|a| a.get(&NotVisible))
+        .map_or(0, |v| v.parse().unwrap())
 }
