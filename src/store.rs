@@ -1009,13 +1009,14 @@ pub async fn reserve(pool: &PgPool, offers: &[Offer<'_>], window: &WindowTimes, 
                                THEN coalesce((SELECT max(key) FROM up_to_cursor), (SELECT max(key) FROM after_cursor))
                                ELSE '' END AS next) c
              WHERE gate.key_cursor IS DISTINCT FROM c.next),
-           live_by_key AS (
-             SELECT key, count(*) AS live FROM jobs WHERE status = ANY(live_statuses()) GROUP BY key),
+           -- Each key's live jobs counted by an index probe (a join to all
+           -- live jobs grouped by key would be a nested loop over both).
            room AS (
              SELECT h.key, h.turn_at, h.job_id, coalesce(k.max_concurrency, f.default_cap) AS cap,
-                    coalesce(k.weight, 1) AS weight, coalesce(l.live, 0) AS live, LEAST(f.n, $1) AS free
-             FROM heads h CROSS JOIN free f LEFT JOIN keys k ON k.key = h.key
-                  LEFT JOIN live_by_key l ON l.key = h.key),
+                    coalesce(k.weight, 1) AS weight,
+                    (SELECT count(*) FROM jobs j WHERE j.key = h.key AND j.status = ANY(live_statuses())) AS live,
+                    LEAST(f.n, $1) AS free
+             FROM heads h CROSS JOIN free f LEFT JOIN keys k ON k.key = h.key),
            -- Only the keys whose first job would win a slot can win any: a
            -- key's later jobs come after its first. So at most `free` keys,
            -- the best by their first job, are looked into further.
