@@ -179,27 +179,47 @@ fn message_visibility(state: &AppState) -> Duration {
 
 /// Whether this replica asks SQS for messages when it has no free slot (see
 /// [`INTAKE_IDLE`]): closed for a while after an empty receive, opened again
-/// by an enqueue here.
+/// by an enqueue here. Once reopened after an empty receive, it asks with one
+/// receive, not [`INTAKE_RECEIVES`], until SQS has messages again.
 #[derive(Debug, Default)]
 pub struct Intake {
-    closed_until: std::sync::Mutex<Option<Instant>>,
+    state: std::sync::Mutex<IntakeState>,
+}
+
+#[derive(Debug, Default)]
+struct IntakeState {
+    closed_until: Option<Instant>,
+    /// The last receive came back empty (and nothing was enqueued here since).
+    found_empty: bool,
 }
 
 impl Intake {
+    fn lock(&self) -> std::sync::MutexGuard<'_, IntakeState> {
+        self.state.lock().expect("never poisoned")
+    }
+
     fn close_for(&self, d: Duration) {
-        *self.closed_until.lock().expect("never poisoned") = Some(Instant::now() + d);
+        let mut s = self.lock();
+        s.closed_until = Some(Instant::now() + d);
+        s.found_empty = true;
+    }
+
+    /// A receive brought messages.
+    fn found_messages(&self) {
+        self.lock().found_empty = false;
     }
 
     fn is_open(&self) -> bool {
-        self.closed_until
-            .lock()
-            .expect("never poisoned")
-            .is_none_or(|t| Instant::now() >= t)
+        self.lock().closed_until.is_none_or(|t| Instant::now() >= t)
+    }
+
+    fn found_empty(&self) -> bool {
+        self.lock().found_empty
     }
 
     /// New messages were just sent.
     pub fn open(&self) {
-        *self.closed_until.lock().expect("never poisoned") = None;
+        *self.lock() = IntakeState::default();
     }
 }
 
@@ -261,7 +281,7 @@ async fn run(state: &AppState, linger: bool) -> anyhow::Result<DrainReport> {
         }
         let free = (i64::from(gate.limit) - gate.live).max(0);
         let intake_open = Instant::now() < intake_until && state.intake.is_open();
-        let messages = match next_ask(&gate, intake_open, long_poll_next) {
+        let messages = match next_ask(&gate, intake_open, state.intake.found_empty(), long_poll_next) {
             Ask::Stop => break Ok(StopReason::AtCapacity),
             Ask::Nothing => Ok(Vec::new()),
             Ask::LongPoll => long_poll(state, stop_taking_by).await,
@@ -387,7 +407,7 @@ enum Ask {
 /// a backlog. A full window takes no more: jobs further back in SQS are seen
 /// as it empties. Paused (limit 0): no slot will free up, and messages held
 /// in the window for days would only be received again and again.
-fn next_ask(gate: &store::GateState, intake_open: bool, long_poll_next: bool) -> Ask {
+fn next_ask(gate: &store::GateState, intake_open: bool, found_empty: bool, long_poll_next: bool) -> Ask {
     let free = (i64::from(gate.limit) - gate.live).max(0);
     let room = gate.window < WINDOW_MAX;
     let take_in = room && gate.limit > 0 && intake_open;
@@ -402,6 +422,10 @@ fn next_ask(gate: &store::GateState, intake_open: bool, long_poll_next: bool) ->
         // intake share) and jobs wait in the window: no receive per freed
         // slot. If none of them may go now, the long poll settles it.
         Ask::Nothing
+    } else if free == 0 && found_empty {
+        // SQS was empty the last time: one receive to see whether it still
+        // is (not ten empty ones a second).
+        Ask::Receive(1)
     } else if free == 0 {
         // Only taking in: several receives at once, so that a backlog
         // reaches the window (and the keys behind it are seen) quickly.
@@ -439,6 +463,8 @@ async fn receive(state: &AppState, batches: usize) -> anyhow::Result<Vec<Receive
     }
     if empty {
         state.intake.close_for(INTAKE_IDLE);
+    } else {
+        state.intake.found_messages();
     }
     Ok(messages)
 }
@@ -890,34 +916,39 @@ mod tests {
     #[test]
     fn free_slots_are_received_for_unless_sqs_was_just_found_empty_and_jobs_wait_in_the_window() {
         // Nothing waits: receive for the free slots, intake open or not.
-        assert_eq!(next_ask(&gate(10, 5, 0, false), true, false), Ask::Receive(1));
-        assert_eq!(next_ask(&gate(10, 5, 0, false), false, false), Ask::Receive(1));
+        assert_eq!(next_ask(&gate(10, 5, 0, false), true, false, false), Ask::Receive(1));
+        assert_eq!(next_ask(&gate(10, 5, 0, false), false, false, false), Ask::Receive(1));
         // Only reserved rows in the window: they cannot fill a slot.
-        assert_eq!(next_ask(&gate(10, 5, 5, false), false, false), Ask::Receive(1));
+        assert_eq!(next_ask(&gate(10, 5, 5, false), false, false, false), Ask::Receive(1));
         // Jobs wait: SQS is asked while the intake is open, not after an
         // empty receive (one request per freed slot otherwise).
-        assert_eq!(next_ask(&gate(10, 5, 50, true), true, false), Ask::Receive(1));
-        assert_eq!(next_ask(&gate(10, 5, 50, true), false, false), Ask::Nothing);
+        assert_eq!(next_ask(&gate(10, 5, 50, true), true, false, false), Ask::Receive(1));
+        assert_eq!(next_ask(&gate(10, 5, 50, true), false, false, false), Ask::Nothing);
         // The window had nothing that may go: the long poll settles it.
-        assert_eq!(next_ask(&gate(10, 5, 50, true), false, true), Ask::LongPoll);
+        assert_eq!(next_ask(&gate(10, 5, 50, true), false, false, true), Ask::LongPoll);
     }
 
     #[test]
     fn without_free_slots_a_drain_only_takes_messages_in_while_its_intake_is_open() {
-        assert_eq!(next_ask(&gate(10, 10, 0, false), false, false), Ask::Stop);
+        assert_eq!(next_ask(&gate(10, 10, 0, false), false, false, false), Ask::Stop);
         assert_eq!(
-            next_ask(&gate(10, 10, 0, false), true, false),
+            next_ask(&gate(10, 10, 0, false), true, false, false),
             Ask::Receive(INTAKE_RECEIVES)
         );
         // Nearly full window: only what fits.
         assert_eq!(
-            next_ask(&gate(10, 10, WINDOW_MAX - 25, true), true, false),
+            next_ask(&gate(10, 10, WINDOW_MAX - 25, true), true, false, false),
             Ask::Receive(2)
         );
         // Full window: nothing more, with or without free slots.
-        assert_eq!(next_ask(&gate(10, 10, WINDOW_MAX, true), true, false), Ask::Stop);
-        assert_eq!(next_ask(&gate(10, 5, WINDOW_MAX, true), true, false), Ask::Nothing);
+        assert_eq!(next_ask(&gate(10, 10, WINDOW_MAX, true), true, false, false), Ask::Stop);
+        assert_eq!(
+            next_ask(&gate(10, 5, WINDOW_MAX, true), true, false, false),
+            Ask::Nothing
+        );
+        // SQS was empty the last time: one receive to see if it still is.
+        assert_eq!(next_ask(&gate(10, 10, 0, false), true, true, false), Ask::Receive(1));
         // Paused: nothing is taken in.
-        assert_eq!(next_ask(&gate(0, 0, 0, false), true, false), Ask::Stop);
+        assert_eq!(next_ask(&gate(0, 0, 0, false), true, false, false), Ask::Stop);
     }
 }
