@@ -4,9 +4,12 @@
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
+    sync::atomic::{AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
+use axum::body::Bytes;
+use serde_json::{Value, json};
 use sluicegate::config::Config;
 use sluicegate_testkit::{Downstream, FakeDownstream, Work};
 
@@ -14,7 +17,7 @@ use crate::{
     Facts, Infra, Settings,
     cpu::{CpuUse, cpu_rows},
     keep,
-    load::{DrainTicker, db_stats, delta, dispose, enqueue_backlog, metrics, sqs_ops, start_app},
+    load::{DrainTicker, db_stats, delta, dispose, enqueue_backlog, enqueue_batches, metrics, sqs_ops, start_app},
     med,
     stats::{TABLE_HEAD, row, summarize},
 };
@@ -33,9 +36,35 @@ pub struct DispatchRun {
     pub drain_failures: u64,
     pub callback_errors: u64,
     pub cpu: CpuUse,
+    /// The same backlog spread over [`KEYS`] keys.
+    pub keyed: Keyed,
 }
 
+/// Keys the backlog is spread over in the keyed run.
+const KEYS: usize = 100;
+
+/// What the keyed run is compared on.
+#[derive(Default, Clone, Copy)]
+pub struct Keyed {
+    pub jobs_per_s: f64,
+    pub pg_tx_per_job: f64,
+    pub max_held: i64,
+}
+
+/// One run without keys (every job in the default key), then one with the
+/// backlog spread over [`KEYS`] keys.
 pub async fn dispatch_run(infra: &Infra, s: &Settings) -> DispatchRun {
+    let mut run = dispatch_once(infra, s, None).await;
+    let keyed = dispatch_once(infra, s, Some(KEYS)).await;
+    run.keyed = Keyed {
+        jobs_per_s: keyed.jobs_per_s,
+        pg_tx_per_job: keyed.pg_per_job[0],
+        max_held: keyed.max_held,
+    };
+    run
+}
+
+async fn dispatch_once(infra: &Infra, s: &Settings, keys: Option<usize>) -> DispatchRun {
     let ds = Downstream::start_with(
         FakeDownstream::builder()
             .work(Work::Fixed(s.dispatch_work))
@@ -53,7 +82,24 @@ pub async fn dispatch_run(infra: &Infra, s: &Settings) -> DispatchRun {
     // that Postgres' statistics (reported by backends at the latest when they
     // exit) separate the two phases.
     let mut first = start_app(infra, s, &ds.url, configure).await;
-    enqueue_backlog(http, &first.base, n, "dispatch").await;
+    match keys {
+        None => {
+            enqueue_backlog(http, &first.base, n, "dispatch").await;
+        }
+        Some(keys) => {
+            let next = AtomicUsize::new(0);
+            enqueue_batches(http, &first.base, n, |size| {
+                let jobs: Vec<Value> = (0..size)
+                    .map(|_| {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        json!({"payload": {"n": i, "bench": "dispatch"}, "key": format!("k{:03}", i % keys)})
+                    })
+                    .collect();
+                Bytes::from(serde_json::to_vec(&json!({ "jobs": jobs })).expect("JSON"))
+            })
+            .await;
+        }
+    }
     first.stop().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let db_name = first.test_db.name.clone();
@@ -93,6 +139,7 @@ pub async fn dispatch_run(infra: &Infra, s: &Settings) -> DispatchRun {
         drain_failures,
         callback_errors: ds.counters().callback_errors(),
         cpu,
+        keyed: Keyed::default(),
     }
 }
 
@@ -107,7 +154,9 @@ pub fn section(o: &mut String, k: &mut Facts, s: &Settings, dis: &[DispatchRun])
          back `succeeded` {} ms later. Time runs from the first drain to the last callback. SQS requests are the \
          delta of `sluicegate_sqs_requests_total` over that time (from `GET /metrics`), drains the delta of \
          `sluicegate_drain_duration_seconds_count` (scheduled and refill drains), Postgres figures the delta of \
-         `pg_stat_database` for the run's database (the second instance's whole life).\n",
+         `pg_stat_database` for the run's database (the second instance's whole life). Each run is done twice: \
+         every job in the default key, then the same backlog spread over {KEYS} keys (issue 12: Postgres \
+         transactions per job with keys at most 10 % above without).\n",
         s.dispatch_jobs,
         s.dispatch_limit,
         s.dispatch_work.as_millis()
@@ -171,6 +220,30 @@ pub fn section(o: &mut String, k: &mut Facts, s: &Settings, dis: &[DispatchRun])
         2,
     );
     row(o, "Postgres rows deleted per job", &col(|r| r.pg_per_job[3]), 2);
+    keep(
+        k,
+        "keyed_djobs",
+        o,
+        &format!("the same backlog in {KEYS} keys: jobs completed per second"),
+        &col(|r| r.keyed.jobs_per_s),
+        0,
+    );
+    keep(
+        k,
+        "keyed_pg_tx",
+        o,
+        &format!("… in {KEYS} keys: Postgres transactions per job"),
+        &col(|r| r.keyed.pg_tx_per_job),
+        2,
+    );
+    keep(
+        k,
+        "keyed_pg_ratio",
+        o,
+        "**… ÷ without keys** (target ≤ 1.10)",
+        &col(|r| r.keyed.pg_tx_per_job / r.pg_per_job[0]),
+        3,
+    );
     row(o, "scheduled `/drain` calls", &col(|r| r.drain_calls as f64), 0);
     row(o, "failed `/drain` calls", &col(|r| r.drain_failures as f64), 0);
     row(
@@ -183,8 +256,8 @@ pub fn section(o: &mut String, k: &mut Facts, s: &Settings, dis: &[DispatchRun])
         k,
         "dheld",
         o,
-        &format!("max jobs the downstream held (limit {})", s.dispatch_limit),
-        &col(|r| r.max_held as f64),
+        &format!("max jobs the downstream held (limit {}; both runs)", s.dispatch_limit),
+        &col(|r| r.max_held.max(r.keyed.max_held) as f64),
         0,
     );
     cpu_rows(o, "dispatch", &dis.iter().map(|r| r.cpu).collect::<Vec<_>>(), false);

@@ -2,6 +2,7 @@
 //! shares of a binding limit (issue 12's measured targets).
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
     time::{Duration, Instant},
 };
@@ -14,13 +15,13 @@ use crate::{
     Facts, Infra, Settings, keep,
     load::{DrainTicker, dispose, enqueue_batches, metrics, sqs_ops, start_app},
     med,
-    stats::TABLE_HEAD,
+    stats::{TABLE_HEAD, row},
 };
 
 /// The schedule's tick in this scenario (refill on callback does the rest).
 const TICK: Duration = Duration::from_secs(1);
 
-#[derive(Default, Clone, Copy)]
+#[derive(Default, Clone)]
 pub struct FairRun {
     /// From the start of B's submission to B's last job finished.
     pub small_done_s: f64,
@@ -29,6 +30,8 @@ pub struct FairRun {
     /// SQS requests per completed job, over the whole backlog (first run
     /// only: it waits for every job).
     pub sqs_per_job: Option<f64>,
+    /// The same, by SQS operation (the drains' requests only).
+    pub sqs_by_op: BTreeMap<String, f64>,
     pub max_held: i64,
 }
 
@@ -94,10 +97,11 @@ pub async fn fairness_run(infra: &Infra, s: &Settings, to_the_end: bool) -> Fair
         ds.wait_completed(total, Duration::from_secs(900), "fairness backlog")
             .await;
         let m1 = metrics(http, &app.base).await;
-        let requests: f64 = sqs_ops(&m0, &m1).values().sum();
-        // The submissions' own SendMessageBatch requests are not the drain's.
-        let sends = sqs_ops(&m0, &m1).get("SendMessageBatch").copied().unwrap_or(0.0);
-        run.sqs_per_job = Some((requests - sends) / total as f64);
+        // The submissions' own SendMessageBatch requests are not the drains'.
+        let mut ops = sqs_ops(&m0, &m1);
+        ops.remove("SendMessageBatch");
+        run.sqs_per_job = Some(ops.values().sum::<f64>() / total as f64);
+        run.sqs_by_op = ops.into_iter().map(|(op, n)| (op, n / total as f64)).collect();
     }
     ticker.stop().await;
     run.max_held = ds.counters().max_held();
@@ -203,6 +207,15 @@ pub fn section(o: &mut String, k: &mut Facts, s: &Settings, runs: &[FairRun]) {
             &sqs,
             3,
         );
+        let ops: BTreeSet<&String> = runs.iter().flat_map(|r| r.sqs_by_op.keys()).collect();
+        for op in ops {
+            let per_job: Vec<f64> = runs
+                .iter()
+                .filter(|r| r.sqs_per_job.is_some())
+                .map(|r| r.sqs_by_op.get(op).copied().unwrap_or(0.0))
+                .collect();
+            row(o, &format!("… of which `{op}`"), &per_job, 3);
+        }
     }
     let held: Vec<f64> = runs.iter().map(|r| r.max_held as f64).collect();
     keep(

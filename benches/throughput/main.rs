@@ -275,12 +275,15 @@ async fn run() {
     for i in 0..runs('b') {
         let r = dispatch::dispatch_run(&infra, &s).await;
         eprintln!(
-            "   run {}: {:.0} jobs/s, {:.2} SQS requests/job, {:.2} drains/job, max held {}",
+            "   run {}: {:.0} jobs/s, {:.2} SQS requests/job, {:.2} drains/job, max held {}; {:.2} / {:.2} Postgres \
+             transactions per job without / with keys",
             i + 1,
             r.jobs_per_s,
             r.sqs_per_job,
             r.drains_per_job,
-            r.max_held
+            r.max_held,
+            r.pg_per_job[0],
+            r.keyed.pg_tx_per_job
         );
         dis.push(r);
     }
@@ -349,11 +352,13 @@ async fn run() {
     for i in 0..runs('f') {
         let r = keys::keys_run(&infra, &s).await;
         eprintln!(
-            "   run {}: reservation {:.2} ms with one key, {:.2} ms with {} keys",
+            "   run {}: reservation {:.2} ms with one key, {:.2} ms with {} keys; drain {:.2} / {:.2} ms",
             i + 1,
             r.one_key_ms,
             r.many_keys_ms,
-            s.scale_keys
+            s.scale_keys,
+            r.one_key_drain_ms,
+            r.many_keys_drain_ms
         );
         scale.push(r);
     }
