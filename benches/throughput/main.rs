@@ -472,7 +472,9 @@ fn render(
     utilisation::section(&mut o, &mut k, s, sluice, naive);
     fairness::section(&mut o, &mut k, s, fair);
     keys::section(&mut o, &mut k, s, scale);
-    let limit_ok = dis.iter().all(|r| r.max_held <= i64::from(s.dispatch_limit))
+    let limit_ok = dis
+        .iter()
+        .all(|r| r.max_held.max(r.keyed.max_held) <= i64::from(s.dispatch_limit))
         && fair.iter().all(|r| r.max_held <= i64::from(s.fair_limit))
         && sluice
             .iter()
