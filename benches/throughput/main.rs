@@ -28,7 +28,11 @@
 //! `SLUICEGATE_BENCH_FAIR_RUNS` (3), `SLUICEGATE_BENCH_FAIR_JOBS` (the
 //! large key's backlog in e, 5000), `SLUICEGATE_BENCH_KEYS` (jobs and keys
 //! in f, 10000),
-//! `SLUICEGATE_BENCH_ONLY` (which benchmarks, `abcdef`), `SLUICEGATE_BENCH_BIN`
+//! `SLUICEGATE_BENCH_ONLY` (which benchmarks, `abcdef`), `SLUICEGATE_BENCH_SMOKE`
+//! (`1`: smaller defaults for every size above, one run each, and a failed
+//! exit if the limit was exceeded; `scripts/bench --smoke`),
+//! `SLUICEGATE_BENCH_REPORT` (where the report goes, `bench/REPORT.md`),
+//! `SLUICEGATE_BENCH_BIN`
 //! (the release binary; default `<target dir>/release/sluicegate`),
 //! `SLUICEGATE_BENCH_SQS_ENDPOINT` (a running SQS emulator; default: start
 //! one), `SLUICEGATE_BENCH_SQS_PID` (that emulator's pid, for CPU
@@ -116,6 +120,12 @@ pub struct Settings {
     pub pool: u32,
     /// Which benchmarks to run (a, b, c, d, e, f).
     pub only: String,
+    /// A smoke run (`SLUICEGATE_BENCH_SMOKE=1`, `scripts/bench --smoke`):
+    /// small sizes, one run each, and a failed exit if an invariant broke.
+    pub smoke: bool,
+    /// Where the report goes (`SLUICEGATE_BENCH_REPORT`; default
+    /// `bench/REPORT.md`).
+    pub report: PathBuf,
     /// Knobs set in the environment, for the reproduce command.
     pub overrides: Vec<String>,
 }
@@ -136,17 +146,29 @@ fn knob<T: FromStr>(name: &str, default: T, overrides: &mut Vec<String>) -> T {
 impl Settings {
     fn from_env() -> Self {
         let mut o = Vec::new();
-        let runs = knob("SLUICEGATE_BENCH_RUNS", 5usize, &mut o).max(1);
-        let enqueue_secs = knob("SLUICEGATE_BENCH_ENQUEUE_SECS", 3.0f64, &mut o);
-        let dispatch_jobs = knob("SLUICEGATE_BENCH_DISPATCH_JOBS", 2000usize, &mut o);
-        let util_jobs = knob("SLUICEGATE_BENCH_UTIL_JOBS", 500usize, &mut o);
-        let mem_jobs = knob("SLUICEGATE_BENCH_MEM_JOBS", 20_000usize, &mut o);
-        let mem_runs = knob("SLUICEGATE_BENCH_MEM_RUNS", 3usize, &mut o).max(1);
+        let smoke = knob("SLUICEGATE_BENCH_SMOKE", 0u8, &mut o) == 1;
+        // A smoke run's defaults: seconds, not minutes (the knobs still win).
+        let small = |full: usize, smoke_size: usize| if smoke { smoke_size } else { full };
+        let runs = knob("SLUICEGATE_BENCH_RUNS", small(5, 1), &mut o).max(1);
+        let enqueue_secs = knob(
+            "SLUICEGATE_BENCH_ENQUEUE_SECS",
+            if smoke { 1.0 } else { 3.0f64 },
+            &mut o,
+        );
+        let dispatch_jobs = knob("SLUICEGATE_BENCH_DISPATCH_JOBS", small(2000, 300), &mut o);
+        let util_jobs = knob("SLUICEGATE_BENCH_UTIL_JOBS", small(500, 60), &mut o);
+        let mem_jobs = knob("SLUICEGATE_BENCH_MEM_JOBS", small(20_000, 2000), &mut o);
+        let mem_runs = knob("SLUICEGATE_BENCH_MEM_RUNS", small(3, 1), &mut o).max(1);
         let pool = knob("SLUICEGATE_BENCH_POOL", 20u32, &mut o);
-        let fair_runs = knob("SLUICEGATE_BENCH_FAIR_RUNS", 3usize, &mut o).max(1);
-        let fair_big = knob("SLUICEGATE_BENCH_FAIR_JOBS", 5000usize, &mut o);
-        let scale_keys = knob("SLUICEGATE_BENCH_KEYS", 10_000usize, &mut o);
+        let fair_runs = knob("SLUICEGATE_BENCH_FAIR_RUNS", small(3, 1), &mut o).max(1);
+        let fair_big = knob("SLUICEGATE_BENCH_FAIR_JOBS", small(5000, 500), &mut o);
+        let scale_keys = knob("SLUICEGATE_BENCH_KEYS", small(10_000, 1000), &mut o);
         let only = knob("SLUICEGATE_BENCH_ONLY", "abcdef".to_owned(), &mut o);
+        let report = knob(
+            "SLUICEGATE_BENCH_REPORT",
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("bench").join("REPORT.md"),
+            &mut o,
+        );
         Self {
             runs,
             enqueue_secs,
@@ -171,6 +193,8 @@ impl Settings {
             scale_keys,
             pool,
             only,
+            smoke,
+            report,
             overrides: o,
         }
     }
@@ -382,6 +406,8 @@ async fn run() {
             );
             mem.push(r);
         }
+    } else if !s.only.contains('d') {
+        eprintln!("d. memory: not asked for (SLUICEGATE_BENCH_ONLY)");
     } else {
         eprintln!("d. memory: skipped, no release binary (scripts/bench builds it)");
     }
@@ -406,10 +432,40 @@ async fn run() {
         binary.as_ref(),
         started.elapsed(),
     );
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench").join("REPORT.md");
-    std::fs::create_dir_all(path.parent().expect("a parent")).expect("create bench/");
-    std::fs::write(&path, report).expect("write the report");
+    let path = &s.report;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).expect("create the report's directory");
+    }
+    std::fs::write(path, report).expect("write the report");
     eprintln!("wrote {} in {:.0} s", path.display(), started.elapsed().as_secs_f64());
+    if s.smoke {
+        // The invariants a smoke run stands for (each scenario also asserts
+        // its own: every job done, every drain and reservation filled).
+        assert!(
+            limit_held(&s, &dis, &sluice, &naive, &fair, &mem),
+            "smoke: the downstream held more jobs than the limit"
+        );
+        eprintln!("smoke: the limit held in every scenario");
+    }
+}
+
+/// Whether the downstream's own count stayed within the limit in every run.
+fn limit_held(
+    s: &Settings,
+    dis: &[DispatchRun],
+    sluice: &[UtilRun],
+    naive: &[UtilRun],
+    fair: &[FairRun],
+    mem: &[MemRun],
+) -> bool {
+    dis.iter()
+        .all(|r| r.max_held.max(r.keyed.max_held) <= i64::from(s.dispatch_limit))
+        && fair.iter().all(|r| r.max_held <= i64::from(s.fair_limit))
+        && sluice
+            .iter()
+            .chain(naive)
+            .all(|r| r.max_held <= i64::from(s.util_limit))
+        && mem.iter().all(|r| r.max_held <= i64::from(s.mem_limit))
 }
 
 /// Named summaries, for the interpretation.
@@ -472,15 +528,7 @@ fn render(
     utilisation::section(&mut o, &mut k, s, sluice, naive);
     fairness::section(&mut o, &mut k, s, fair);
     keys::section(&mut o, &mut k, s, scale);
-    let limit_ok = dis
-        .iter()
-        .all(|r| r.max_held.max(r.keyed.max_held) <= i64::from(s.dispatch_limit))
-        && fair.iter().all(|r| r.max_held <= i64::from(s.fair_limit))
-        && sluice
-            .iter()
-            .chain(naive)
-            .all(|r| r.max_held <= i64::from(s.util_limit))
-        && mem.iter().all(|r| r.max_held <= i64::from(s.mem_limit));
+    let limit_ok = limit_held(s, dis, sluice, naive, fair, mem);
     let _ = writeln!(
         o,
         "\nThe downstream's own count never exceeded the limit in any run of b, c, d and e: **{}**.",
