@@ -13,9 +13,9 @@ use axum::body::Bytes;
 use serde_json::{Value, json};
 use sluicegate::{
     drain::WINDOW_KEYS,
-    store::{self, Offer, WindowTimes},
+    store::{self, WindowTimes},
 };
-use sluicegate_testkit::{Downstream, FakeDownstream};
+use sluicegate_testkit::{Downstream, FakeDownstream, take_into_window, window_times};
 use uuid::Uuid;
 
 use crate::{
@@ -101,22 +101,13 @@ async fn measure(infra: &Infra, s: &Settings, keys: usize, keys_per_reservation:
         .fetch_all(db)
         .await
         .expect("ids");
-    let receipts: Vec<String> = ids.iter().map(|id| format!("bench-{id}")).collect();
-    let offers: Vec<Offer> = ids
-        .iter()
-        .zip(&receipts)
-        .map(|(&job, receipt)| Offer { job, receipt })
-        .collect();
     let times = WindowTimes {
         visibility_secs: 600.0,
-        dispatch_lease_secs: 70.0,
-        receipt_margin_secs: 100.0,
         keys_per_reservation,
+        ..window_times()
     };
-    let taken = store::reserve(db, &offers, &times, 0).await.expect("take in");
+    let taken = take_into_window(db, &ids, &times).await.expect("take in");
     assert_eq!(taken.taken_in.len(), n);
-    let ready: Vec<(Uuid, String)> = ids.iter().copied().zip(receipts.iter().cloned()).collect();
-    store::window_ready(db, &ready).await.expect("window ready");
     let _ = sqlx::query("ANALYZE").execute(db).await;
     let mut took: Vec<Duration> = Vec::with_capacity(RESERVATIONS);
     for _ in 0..RESERVATIONS {

@@ -11,7 +11,9 @@
 //! - [`Downstream`]: the fake downstream (`sluicegate::fake_downstream`, the
 //!   core `sluicegate demo-downstream` also runs) on a port of its own.
 //! - [`Proxy`]: a TCP proxy that cuts a dependency off and brings it back.
-//! - [`reserve_ids`]: a drain's reservation without SQS.
+//! - [`reserve_ids`]: a drain's reservation without SQS; [`take_into_window`]
+//!   (or [`take_in`], then [`mark_ready`]): jobs taken into the intake window
+//!   as drains would, with [`made_up_receipt`]s and [`window_times`].
 //! - [`eventually`], [`assert_problem`].
 
 mod app;
@@ -31,5 +33,5 @@ pub use db::{TestDb, admin_url, drop_stale_databases, postgres_addr};
 pub use downstream::{Counters, Downstream, FakeDownstream, Hook, HookSlot, Reply, Seen, Work, futures_like};
 pub use emulator::{Emulator, SqsEmulator};
 pub use proxy::{Proxy, addr_of};
-pub use reserve::reserve_ids;
+pub use reserve::{made_up_receipt, mark_ready, reserve_ids, take_in, take_into_window, window_times};
 pub use sqs::{create_queue, fast_sqs_endpoint, sqs_client, sqs_endpoint};

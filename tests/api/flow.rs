@@ -517,22 +517,12 @@ async fn with_more_keys_than_a_reservation_looks_at_every_key_gets_its_turn() {
         }
     }
     let ids: Vec<uuid::Uuid> = ids.iter().map(|id| id.parse().unwrap()).collect();
-    let receipts: Vec<String> = ids.iter().map(|id| format!("receipt-{id}")).collect();
-    let offers: Vec<sluicegate::store::Offer> = ids
-        .iter()
-        .zip(&receipts)
-        .map(|(&job, receipt)| sluicegate::store::Offer { job, receipt })
-        .collect();
     let times = sluicegate::store::WindowTimes {
-        visibility_secs: 300.0,
-        dispatch_lease_secs: 70.0,
-        receipt_margin_secs: 100.0,
         keys_per_reservation: 2,
+        ..window_times()
     };
     let db = &app.state.db;
-    sluicegate::store::reserve(db, &offers, &times, 0).await.unwrap();
-    let ready: Vec<(uuid::Uuid, String)> = ids.iter().copied().zip(receipts.iter().cloned()).collect();
-    sluicegate::store::window_ready(db, &ready).await.unwrap();
+    take_into_window(db, &ids, &times).await.unwrap();
 
     // One slot per reservation, the jobs kept running.
     let mut order = Vec::new();

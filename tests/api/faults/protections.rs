@@ -327,19 +327,9 @@ async fn a_job_taken_in_waits_for_its_extension_before_another_drain_reserves_it
     let app = app().config(|c| c.max_concurrency = 1).spawn().await;
     let id = uuid(&id_of(&app.submit(json!("waits")).await));
     let db = &app.state.db;
-    let times = store::WindowTimes {
-        visibility_secs: 300.0,
-        dispatch_lease_secs: 70.0,
-        receipt_margin_secs: 100.0,
-        keys_per_reservation: sluicegate::drain::WINDOW_KEYS,
-    };
-    let receipt = "receipt-of-the-first-drain".to_owned();
-    let offer = [store::Offer {
-        job: id,
-        receipt: &receipt,
-    }];
+    let times = window_times();
     // The first drain has no free slot: it only takes the message in.
-    let first = store::reserve(db, &offer, &times, 0).await.unwrap();
+    let first = take_in(db, &[id], &times).await.unwrap();
     assert_eq!(first.taken_in.len(), 1);
     assert!(first.jobs.is_empty());
     // A slot is free for another drain, which received nothing: the job
@@ -350,11 +340,11 @@ async fn a_job_taken_in_waits_for_its_extension_before_another_drain_reserves_it
         "another drain reserved a job whose message was not extended yet"
     );
     // Extended: now any drain may reserve it.
-    store::window_ready(db, &[(id, receipt.clone())]).await.unwrap();
+    mark_ready(db, &[id]).await.unwrap();
     let other = store::reserve(db, &[], &times, 1).await.unwrap();
     assert_eq!(other.jobs.len(), 1);
     assert_eq!(other.jobs[0].0.id(), id);
-    assert_eq!(other.jobs[0].1.handle, receipt);
+    assert_eq!(other.jobs[0].1.handle, made_up_receipt(id));
 }
 
 /// A job whose message SQS could not release (a back-off after a 5xx, while
@@ -370,19 +360,7 @@ async fn a_message_that_could_not_be_released_keeps_its_job_in_the_window() {
         expires_at: chrono::Utc::now() + chrono::Duration::seconds(300),
     };
     store::back_into_window(db, &[(id, held)]).await.unwrap();
-    let r = store::reserve(
-        db,
-        &[],
-        &store::WindowTimes {
-            visibility_secs: 300.0,
-            dispatch_lease_secs: 70.0,
-            receipt_margin_secs: 100.0,
-            keys_per_reservation: sluicegate::drain::WINDOW_KEYS,
-        },
-        1,
-    )
-    .await
-    .unwrap();
+    let r = store::reserve(db, &[], &window_times(), 1).await.unwrap();
     assert_eq!(r.jobs.len(), 1, "the job is not in the window");
     assert_eq!(r.jobs[0].0.id(), id);
     assert_eq!(r.jobs[0].1.handle, "receipt-still-held");
