@@ -1,33 +1,32 @@
 //! The `sluicegate` binary as an operator runs it: configuration errors,
 //! weak secrets, serving, secrets kept out of logs, graceful exit on SIGTERM.
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
 use serde_json::json;
 
-use crate::helpers::*;
+use crate::{
+    faults::common::{BIN, Serving, serve_command, start_serving},
+    helpers::*,
+};
 
-const BIN: &str = env!("CARGO_BIN_EXE_sluicegate");
-
-fn base_env(cmd: &mut Command, db: &str, queue: &str) {
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("DATABASE_URL", db)
-        .env("SQS_QUEUE_URL", queue)
-        .env("AWS_ENDPOINT_URL", sqs_endpoint())
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test-secret-key-never-logged")
-        .env("AWS_SESSION_TOKEN", "test-session-token-never-logged")
-        .env("AWS_REGION", "us-east-1")
-        .env("DOWNSTREAM_URL", "http://127.0.0.1:9/")
-        .env("API_TOKENS", API_TOKEN)
-        .env("DRAIN_TOKEN", DRAIN_TOKEN)
-        .env("CALLBACK_SECRET", CALLBACK_SECRET)
-        .env("LISTEN_ADDR", "127.0.0.1:0");
+/// The settings of `sluicegate serve` on `db` and `queue`, with secrets
+/// that the logs must never show.
+fn base_env(db: &str, queue: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("DATABASE_URL", db.to_owned()),
+        ("SQS_QUEUE_URL", queue.to_owned()),
+        ("AWS_ENDPOINT_URL", sqs_endpoint()),
+        ("AWS_ACCESS_KEY_ID", "test".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "test-secret-key-never-logged".to_owned()),
+        ("AWS_SESSION_TOKEN", "test-session-token-never-logged".to_owned()),
+        ("AWS_REGION", "us-east-1".to_owned()),
+        ("DOWNSTREAM_URL", "http://127.0.0.1:9/".to_owned()),
+        ("API_TOKENS", API_TOKEN.to_owned()),
+        ("DRAIN_TOKEN", DRAIN_TOKEN.to_owned()),
+        ("CALLBACK_SECRET", CALLBACK_SECRET.to_owned()),
+        ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+    ]
 }
 
 #[test]
@@ -38,11 +37,9 @@ fn a_configuration_error_is_one_line_naming_the_variable() {
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert!(err.contains("DATABASE_URL"), "{err}");
 
-    let mut cmd = Command::new(BIN);
-    cmd.arg("serve");
-    base_env(&mut cmd, "postgres://x@127.0.0.1:1/db", "http://q");
-    cmd.env("MAX_CONCURRENCY", "many");
-    let out = cmd.output().unwrap();
+    let mut env = base_env("postgres://x@127.0.0.1:1/db", "http://q");
+    env.push(("MAX_CONCURRENCY", "many".to_owned()));
+    let out = serve_command(&[], &env).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
@@ -51,11 +48,9 @@ fn a_configuration_error_is_one_line_naming_the_variable() {
 
 #[test]
 fn weak_secrets_are_refused_unless_explicitly_allowed() {
-    let mut cmd = Command::new(BIN);
-    cmd.arg("serve");
-    base_env(&mut cmd, "postgres://x@127.0.0.1:1/db", "http://q");
-    cmd.env("CALLBACK_SECRET", "hunter2");
-    let out = cmd.output().unwrap();
+    let mut env = base_env("postgres://x@127.0.0.1:1/db", "http://q");
+    env.push(("CALLBACK_SECRET", "hunter2".to_owned()));
+    let out = serve_command(&[], &env).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("CALLBACK_SECRET") && !err.contains("hunter2"), "{err}");
@@ -67,40 +62,24 @@ async fn serve_keeps_secrets_out_of_logs_and_exits_cleanly_on_sigterm() {
     let db = TestDb::create().await;
     let sqs = sqs_client(&sqs_endpoint());
     let queue = create_queue(&sqs).await;
-    let mut cmd = Command::new(BIN);
-    cmd.arg("serve");
-    base_env(&mut cmd, &db.url, &queue);
-    cmd.env("RUST_LOG", "trace")
-        .env("SLUICEGATE_ALLOW_WEAK_SECRETS", "true")
-        .env("API_TOKENS", format!("{API_TOKEN},weak"));
-    cmd.stderr(Stdio::piped()).stdout(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut log = Vec::new();
-    let started = std::time::Instant::now();
-    let addr = loop {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the server did not start: {log:?}"
-        );
-        let line = rx.recv_timeout(Duration::from_secs(30)).expect("the server starts");
-        log.push(line.clone());
-        if let Some(rest) = line.split("addr=").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
+    let mut env = base_env(&db.url, &queue);
+    env.extend([
+        ("RUST_LOG", "trace".to_owned()),
+        ("SLUICEGATE_ALLOW_WEAK_SECRETS", "true".to_owned()),
+        ("API_TOKENS", format!("{API_TOKEN},weak")),
+    ]);
+    let Serving {
+        mut child,
+        base,
+        mut log,
+        later_log,
+        ..
+    } = start_serving(&[], &env);
     assert!(
         log.iter().any(|l| l.contains("WARN") && l.contains("API_TOKENS")),
         "weak secret warning: {log:?}"
     );
     let http = reqwest::Client::new();
-    let base = format!("http://{addr}");
     let r = http
         .post(format!("{base}/jobs"))
         .bearer_auth(API_TOKEN)
@@ -149,7 +128,7 @@ async fn serve_keeps_secrets_out_of_logs_and_exits_cleanly_on_sigterm() {
         .await
         .unwrap();
     assert!(exit.success(), "exit status {exit:?}");
-    while let Ok(line) = rx.recv_timeout(Duration::from_secs(2)) {
+    while let Ok(line) = later_log.recv_timeout(Duration::from_secs(2)) {
         log.push(line);
     }
     let all = log.join("\n");
@@ -187,25 +166,14 @@ async fn clients_that_never_read_do_not_grow_memory_or_lock_others_out() {
     let db = TestDb::create().await;
     let sqs = sqs_client(&sqs_endpoint());
     let queue = create_queue(&sqs).await;
-    let mut cmd = Command::new(BIN);
-    cmd.arg("serve");
-    base_env(&mut cmd, &db.url, &queue);
-    cmd.stderr(Stdio::piped()).stdout(Stdio::null());
-    let mut child = cmd.spawn().unwrap();
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let addr = tokio::task::spawn_blocking(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("addr=").nth(1) {
-                return rest.split_whitespace().next().unwrap().to_owned();
-            }
-        }
-        panic!("the server did not start");
-    })
-    .await
-    .unwrap();
+    let env = base_env(&db.url, &queue);
+    let Serving {
+        mut child, addr, base, ..
+    } = tokio::task::spawn_blocking(move || start_serving(&[], &env))
+        .await
+        .unwrap();
     let addr: std::net::SocketAddr = addr.parse().unwrap();
     let http = reqwest::Client::new();
-    let base = format!("http://{addr}");
     // Every asset once, so what is loaded once is in the baseline.
     for asset in [
         "swagger-ui.css",

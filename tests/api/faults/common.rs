@@ -5,7 +5,8 @@
 use std::{
     io::{BufRead, BufReader},
     process::{Child, Command, Stdio},
-    time::Duration,
+    sync::mpsc::Receiver,
+    time::{Duration, Instant},
 };
 
 use aws_sdk_sqs::types::QueueAttributeName;
@@ -96,34 +97,46 @@ pub async fn delete_all_messages(app: &TestApp) {
 /// tests run with `--features failpoints`).
 pub const BIN: &str = env!("CARGO_BIN_EXE_sluicegate");
 
-/// Starts the binary on `app`'s database and queue (no migrations), its
-/// callback URLs naming `app` (as behind a load balancer), with `env` on top
-/// of those settings; returns it and its base URL once it listens. Its log
-/// is read and dropped.
-pub fn spawn_binary(app: &TestApp, downstream: &str, env: &[(&str, String)]) -> (Child, String) {
+/// `sluicegate serve` with `args` after `serve`, and `env` for its whole
+/// environment, and `PATH`: nothing of the tests' own environment reaches
+/// it. A later entry of `env` wins over an earlier one of the same name.
+pub fn serve_command(args: &[&str], env: &[(&str, String)]) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.arg("serve")
-        .arg("--no-migrate")
+        .args(args)
         .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("DATABASE_URL", &app.test_db.url)
-        .env("SQS_QUEUE_URL", &app.queue_url)
-        .env("AWS_ENDPOINT_URL", &app.sqs_endpoint)
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_REGION", "us-east-1")
-        .env("DOWNSTREAM_URL", downstream)
-        .env("PUBLIC_BASE_URL", &app.base)
-        .env("API_TOKENS", API_TOKEN)
-        .env("DRAIN_TOKEN", DRAIN_TOKEN)
-        .env("CALLBACK_SECRET", CALLBACK_SECRET)
-        .env("LISTEN_ADDR", "127.0.0.1:0")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
     for (name, value) in env {
         cmd.env(name, value);
     }
-    let mut child = cmd.spawn().unwrap();
+    cmd
+}
+
+/// A `sluicegate serve` started by [`start_serving`], listening.
+pub struct Serving {
+    pub child: Child,
+    /// The address it listens on, as its log names it (`addr=`).
+    pub addr: String,
+    /// `http://` and [`Serving::addr`].
+    pub base: String,
+    /// Its log (stderr) up to the line naming its address, that one last.
+    pub log: Vec<String>,
+    /// The lines of its log after those, as they come; disconnected once it
+    /// has exited and every line was received. Dropped, the log is still
+    /// read (and dropped).
+    pub later_log: Receiver<String>,
+}
+
+/// Starts `sluicegate serve` with `args` and `env` (see [`serve_command`]),
+/// its stdout dropped, and reads its log (stderr) until a line names the
+/// address it listens on (`addr=`); panics with the log if none does within
+/// 30 s.
+pub fn start_serving(args: &[&str], env: &[(&str, String)]) -> Serving {
+    let mut child = serve_command(args, env)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     std::thread::spawn(move || {
@@ -132,14 +145,45 @@ pub fn spawn_binary(app: &TestApp, downstream: &str, env: &[(&str, String)]) -> 
         }
     });
     let mut log = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
     let addr = loop {
         let line = rx
-            .recv_timeout(Duration::from_secs(30))
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .unwrap_or_else(|_| panic!("the binary did not start: {log:?}"));
         log.push(line.clone());
         if let Some(rest) = line.split("addr=").nth(1) {
             break rest.split_whitespace().next().unwrap().to_owned();
         }
     };
-    (child, format!("http://{addr}"))
+    Serving {
+        child,
+        base: format!("http://{addr}"),
+        addr,
+        log,
+        later_log: rx,
+    }
+}
+
+/// Starts the binary on `app`'s database and queue (no migrations), its
+/// callback URLs naming `app` (as behind a load balancer), with `env` on top
+/// of those settings; returns it and its base URL once it listens. Its log
+/// is read and dropped.
+pub fn spawn_binary(app: &TestApp, downstream: &str, env: &[(&str, String)]) -> (Child, String) {
+    let mut all = vec![
+        ("DATABASE_URL", app.test_db.url.clone()),
+        ("SQS_QUEUE_URL", app.queue_url.clone()),
+        ("AWS_ENDPOINT_URL", app.sqs_endpoint.clone()),
+        ("AWS_ACCESS_KEY_ID", "test".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "test".to_owned()),
+        ("AWS_REGION", "us-east-1".to_owned()),
+        ("DOWNSTREAM_URL", downstream.to_owned()),
+        ("PUBLIC_BASE_URL", app.base.clone()),
+        ("API_TOKENS", API_TOKEN.to_owned()),
+        ("DRAIN_TOKEN", DRAIN_TOKEN.to_owned()),
+        ("CALLBACK_SECRET", CALLBACK_SECRET.to_owned()),
+        ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+    ];
+    all.extend_from_slice(env);
+    let serving = start_serving(&["--no-migrate"], &all);
+    (serving.child, serving.base)
 }
