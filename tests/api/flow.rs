@@ -129,20 +129,12 @@ async fn a_key_never_holds_more_than_its_cap_and_never_blocks_the_others() {
             .all(|j| j["waiting_on"] == "key_limit"),
         "{waiting}"
     );
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = scrape_metrics(&app).await;
     assert!(
-        metrics.contains("sluicegate_jobs_held_total{reason=\"key_limit\"}"),
+        metrics.contains_key("sluicegate_jobs_held_total{reason=\"key_limit\"}"),
         "held jobs are counted by reason"
     );
-    assert!(metrics.contains("sluicegate_effective_concurrency "));
+    assert!(metrics.contains_key("sluicegate_effective_concurrency"));
     // Cap 0 pauses the key; removing its settings lifts the cap.
     assert_eq!(
         put(&app, "/keys/tenant-a", json!({"max_concurrency": 0}))
@@ -464,14 +456,11 @@ async fn keys_with_settings_have_gauges_and_no_other_key_does() {
     app.drain().await;
     sluicegate::metrics::sample(&app.state).await;
     let text = app.get("/metrics").await.text().await.unwrap();
-    assert!(
-        text.contains(&format!("sluicegate_key_running{{key=\"{capped}\"}} 1")),
-        "{text}"
-    );
-    assert!(
-        text.contains(&format!("sluicegate_key_queued{{key=\"{capped}\"}} 2")),
-        "{text}"
-    );
+    let m = parse_metrics(&text);
+    let running = format!("sluicegate_key_running{{key=\"{capped}\"}}");
+    let queued = format!("sluicegate_key_queued{{key=\"{capped}\"}}");
+    assert_eq!(m.get(&running), Some(&1.0), "{text}");
+    assert_eq!(m.get(&queued), Some(&2.0), "{text}");
     assert!(!text.contains(&plain), "a key without settings has no series");
     // Its settings removed, the key's gauges read 0.
     let r = app
@@ -484,10 +473,7 @@ async fn keys_with_settings_have_gauges_and_no_other_key_does() {
     assert_eq!(r.status(), 204);
     sluicegate::metrics::sample(&app.state).await;
     let text = app.get("/metrics").await.text().await.unwrap();
-    assert!(
-        text.contains(&format!("sluicegate_key_queued{{key=\"{capped}\"}} 0")),
-        "{text}"
-    );
+    assert_eq!(parse_metrics(&text).get(&queued), Some(&0.0), "{text}");
 }
 
 /// With more keys waiting than one reservation looks at (`WINDOW_KEYS`;

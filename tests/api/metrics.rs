@@ -6,25 +6,6 @@ use serde_json::json;
 
 use crate::helpers::*;
 
-/// Sample values by series (name with labels), from the text exposition.
-async fn scrape(app: &TestApp) -> HashMap<String, f64> {
-    let r = app.http.get(app.url("/metrics")).send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
-    parse(&r.text().await.unwrap())
-}
-
-/// The text exposition as sample values by series.
-fn parse(text: &str) -> HashMap<String, f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            Some((series.to_owned(), value.parse().ok()?))
-        })
-        .collect()
-}
-
 fn get(m: &HashMap<String, f64>, series: &str) -> f64 {
     m.get(series).copied().unwrap_or(0.0)
 }
@@ -33,14 +14,14 @@ fn get(m: &HashMap<String, f64>, series: &str) -> f64 {
 async fn metrics_follow_a_job_through_its_life() {
     let ds = Downstream::start(|_| Reply::status(202)).await;
     let app = app().downstream(&ds.url).spawn().await;
-    let before = scrape(&app).await;
+    let before = scrape_metrics(&app).await;
     let id = app.submit(json!(1)).await["id"].as_str().unwrap().to_owned();
     app.drain().await;
     let r = app
         .callback(&id, &ds.token_for(&id), json!({"status": "succeeded"}))
         .await;
     assert_eq!(r.status(), 200);
-    let after = scrape(&app).await;
+    let after = scrape_metrics(&app).await;
 
     // Counters are process-wide (tests share the process): they grew at least by our share.
     let grew = |series: &str, by: f64| {
@@ -87,9 +68,10 @@ async fn metrics_follow_a_job_through_its_life() {
 
 /// Sum of every series of `name` on a `/metrics` page.
 fn total(page: &str, name: &str) -> f64 {
-    page.lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+    parse_metrics(page)
+        .into_iter()
+        .filter(|(series, _)| series.starts_with(name))
+        .map(|(_, value)| value)
         .sum()
 }
 
@@ -219,7 +201,7 @@ async fn a_fresh_process_counts_exactly_what_it_did() {
             .text()
             .await
             .unwrap();
-        let m = parse(&text);
+        let m = parse_metrics(&text);
         (text, m)
     };
     // The second submission may still be finishing after the drain answered.
