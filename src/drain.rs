@@ -100,8 +100,11 @@ const INTAKE_SHARE: f64 = 0.25;
 const INTAKE_RECEIVES: usize = 10;
 /// After a receive came back empty, a replica with no free slot does not ask
 /// SQS again for this long (unless it enqueued meanwhile): no request per
-/// callback while the queue is empty.
+/// callback while the queue is empty. Doubled after each empty receive in a
+/// row, up to [`INTAKE_IDLE_MAX`].
 const INTAKE_IDLE: Duration = Duration::from_secs(1);
+/// The longest the intake stays closed after empty receives in a row.
+const INTAKE_IDLE_MAX: Duration = Duration::from_secs(8);
 /// Added to a release delay so that SQS (whole seconds) never shows a
 /// message before its job is due.
 const DUE_SLACK: Duration = Duration::from_secs(1);
@@ -178,9 +181,10 @@ fn message_visibility(state: &AppState) -> Duration {
 }
 
 /// Whether this replica asks SQS for messages when it has no free slot (see
-/// [`INTAKE_IDLE`]): closed for a while after an empty receive, opened again
-/// by an enqueue here. Once reopened after an empty receive, it asks with one
-/// receive, not [`INTAKE_RECEIVES`], until SQS has messages again.
+/// [`INTAKE_IDLE`]): closed for a while after an empty receive (longer after
+/// each one in a row), opened again by an enqueue here. Once reopened after
+/// an empty receive, it asks with one receive, not [`INTAKE_RECEIVES`], until
+/// SQS has messages again.
 #[derive(Debug, Default)]
 pub struct Intake {
     state: std::sync::Mutex<IntakeState>,
@@ -191,6 +195,8 @@ struct IntakeState {
     closed_until: Option<Instant>,
     /// The last receive came back empty (and nothing was enqueued here since).
     found_empty: bool,
+    /// How long the last empty receive closed it for.
+    idle: Duration,
 }
 
 impl Intake {
@@ -198,9 +204,16 @@ impl Intake {
         self.state.lock().expect("never poisoned")
     }
 
-    fn close_for(&self, d: Duration) {
+    /// A receive came back empty: closed for [`INTAKE_IDLE`], or twice as
+    /// long as last time if the previous receive was empty too.
+    fn found_nothing(&self) {
         let mut s = self.lock();
-        s.closed_until = Some(Instant::now() + d);
+        s.idle = if s.found_empty {
+            (s.idle * 2).clamp(INTAKE_IDLE, INTAKE_IDLE_MAX)
+        } else {
+            INTAKE_IDLE
+        };
+        s.closed_until = Some(Instant::now() + s.idle);
         s.found_empty = true;
     }
 
@@ -437,7 +450,7 @@ fn next_ask(gate: &store::GateState, intake_open: bool, found_empty: bool, long_
 
 /// Receives up to `batches` × 10 messages (short polls, sent at once),
 /// hidden for [`message_visibility`]. An empty answer closes the intake of
-/// this replica for [`INTAKE_IDLE`].
+/// this replica for a while (see [`Intake`]).
 async fn receive(state: &AppState, batches: usize) -> anyhow::Result<Vec<Received>> {
     let visibility = message_visibility(state);
     let answers =
@@ -462,7 +475,7 @@ async fn receive(state: &AppState, batches: usize) -> anyhow::Result<Vec<Receive
         None => {}
     }
     if empty {
-        state.intake.close_for(INTAKE_IDLE);
+        state.intake.found_nothing();
     } else {
         state.intake.found_messages();
     }
@@ -950,5 +963,33 @@ mod tests {
         assert_eq!(next_ask(&gate(10, 10, 0, false), true, true, false), Ask::Receive(1));
         // Paused: nothing is taken in.
         assert_eq!(next_ask(&gate(0, 0, 0, false), true, false, false), Ask::Stop);
+    }
+
+    #[test]
+    fn empty_receives_in_a_row_close_the_intake_for_longer_each_time_and_an_enqueue_opens_it() {
+        let intake = Intake::default();
+        assert!(intake.is_open() && !intake.found_empty());
+        let closed_for = |intake: &Intake| {
+            intake
+                .lock()
+                .closed_until
+                .expect("closed")
+                .saturating_duration_since(Instant::now())
+        };
+        intake.found_nothing();
+        assert!(!intake.is_open() && intake.found_empty());
+        assert!(closed_for(&intake) <= INTAKE_IDLE && closed_for(&intake) > INTAKE_IDLE / 2);
+        intake.found_nothing();
+        assert!(closed_for(&intake) > INTAKE_IDLE * 3 / 2);
+        for _ in 0..10 {
+            intake.found_nothing();
+        }
+        assert!(closed_for(&intake) <= INTAKE_IDLE_MAX && closed_for(&intake) > INTAKE_IDLE_MAX / 2);
+        // Messages found: the next empty receive closes it for the shortest time again.
+        intake.found_messages();
+        intake.found_nothing();
+        assert!(closed_for(&intake) <= INTAKE_IDLE);
+        intake.open();
+        assert!(intake.is_open() && !intake.found_empty());
     }
 }
