@@ -496,7 +496,11 @@ async fn a_young_message_of_an_unknown_job_is_kept_for_its_grace_period() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     // Hidden for a while, not deleted: it comes back after its visibility.
     assert!(app.receive_all(1).await.is_empty(), "not visible");
-    assert_eq!(in_flight(&app).await, 1, "still in the queue");
+    assert_eq!(
+        crate::faults::common::messages_in_flight(&app).await,
+        1,
+        "still in the queue"
+    );
 }
 
 #[tokio::test]
@@ -702,34 +706,18 @@ async fn lingering_deletes_go_out_ten_at_a_time_and_the_rest_within_the_linger()
     }
     let queue = &app.state.queue;
     let tasks = &app.state.tasks;
-    assert_eq!(in_flight(&app).await, 13);
+    assert_eq!(crate::faults::common::messages_in_flight(&app).await, 13);
 
     // Three: they wait for company.
     assert_eq!(queue.delete_soon(&receipts[..3], tasks).await, 0);
     // Ten more: a batch of ten goes at once, three still wait ...
     let sent = Instant::now();
     assert_eq!(queue.delete_soon(&receipts[3..], tasks).await, 10);
-    let left = in_flight(&app).await;
+    let left = crate::faults::common::messages_in_flight(&app).await;
     if sent.elapsed() < sluicegate::queue::DELETE_LINGER {
         assert_eq!(left, 3);
     }
     // ... and go within the linger.
     tokio::time::sleep(sluicegate::queue::DELETE_LINGER + Duration::from_millis(300)).await;
-    assert_eq!(in_flight(&app).await, 0);
-}
-
-/// Messages received and neither deleted nor visible again.
-async fn in_flight(app: &TestApp) -> i64 {
-    use aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible as NotVisible;
-    let out = app
-        .sqs
-        .get_queue_attributes()
-        .queue_url(&app.queue_url)
-        .attribute_names(NotVisible)
-        .send()
-        .await
-        .unwrap();
-    out.attributes()
-        .and_then(|a| a.get(&NotVisible))
-        .map_or(0, |v| v.parse().unwrap())
+    assert_eq!(crate::faults::common::messages_in_flight(&app).await, 0);
 }

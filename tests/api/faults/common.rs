@@ -14,22 +14,47 @@ use serde_json::Value;
 
 use crate::helpers::*;
 
-/// Messages in the queue, visible or not (moto and local-aws-sqs count
-/// exactly): a message hidden for a minute still shows here.
+/// Messages in the queue, visible or not (both emulators count exactly): a
+/// message hidden for a minute still shows here. SQS and moto count hidden
+/// messages only in `ApproximateNumberOfMessagesNotVisible`; local-aws-sqs
+/// counts them in `ApproximateNumberOfMessages` too (scripts/test runs it at
+/// `SLUICEGATE_TEST_FAST_SQS_ENDPOINT`).
 pub async fn messages_in_queue(app: &TestApp) -> i64 {
+    let local = std::env::var("SLUICEGATE_TEST_FAST_SQS_ENDPOINT").is_ok_and(|fast| fast == app.sqs_endpoint);
+    if local {
+        queue_counts(app, &[QueueAttributeName::ApproximateNumberOfMessages]).await
+    } else {
+        queue_counts(
+            app,
+            &[
+                QueueAttributeName::ApproximateNumberOfMessages,
+                QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+            ],
+        )
+        .await
+    }
+}
+
+/// Messages received and neither deleted nor visible again.
+pub async fn messages_in_flight(app: &TestApp) -> i64 {
+    queue_counts(app, &[QueueAttributeName::ApproximateNumberOfMessagesNotVisible]).await
+}
+
+/// The sum of these counts of the queue's attributes.
+async fn queue_counts(app: &TestApp, names: &[QueueAttributeName]) -> i64 {
     let out = app
         .sqs
         .get_queue_attributes()
         .queue_url(&app.queue_url)
-        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        .set_attribute_names(Some(names.to_vec()))
         .send()
         .await
         .unwrap();
     let attrs = out.attributes().cloned().unwrap_or_default();
-    let get = |k: QueueAttributeName| attrs.get(&k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
-    get(QueueAttributeName::ApproximateNumberOfMessages)
-        + get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+    names
+        .iter()
+        .map(|k| attrs.get(k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0))
+        .sum()
 }
 
 /// The id of a submitted job.
