@@ -39,6 +39,7 @@
 //! accounting), `TEST_DATABASE_URL` (default
 //! postgres://postgres@127.0.0.1:5432/postgres).
 
+mod chart;
 mod cpu;
 mod dispatch;
 mod enqueue;
@@ -438,6 +439,35 @@ async fn run() {
     }
     std::fs::write(path, report).expect("write the report");
     eprintln!("wrote {} in {:.0} s", path.display(), started.elapsed().as_secs_f64());
+    if let (Some(ours), Some(theirs)) = (sluice.first(), naive.first()) {
+        let chart = path.with_file_name("utilisation.svg");
+        let title = format!(
+            "c. Jobs held: limit {}, {} jobs of {}–{} ms, a drain every {} s (first run pair)",
+            s.util_limit,
+            s.util_jobs,
+            s.util_work_ms.0,
+            s.util_work_ms.1,
+            s.util_tick.as_secs()
+        );
+        let svg = chart::utilisation_svg(
+            &title,
+            f64::from(s.util_limit),
+            &[
+                chart::Line {
+                    name: "sluicegate (refill on callback)",
+                    colour: "#1f6feb",
+                    samples: &ours.held,
+                },
+                chart::Line {
+                    name: "naive (a fixed batch per tick)",
+                    colour: "#d1242f",
+                    samples: &theirs.held,
+                },
+            ],
+        );
+        std::fs::write(&chart, svg).expect("write the chart");
+        eprintln!("wrote {}", chart.display());
+    }
     if s.smoke {
         // The invariants a smoke run stands for (each scenario also asserts
         // its own: every job done, every drain and reservation filled).

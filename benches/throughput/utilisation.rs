@@ -19,8 +19,11 @@ use crate::{
     stats::TABLE_HEAD,
 };
 
-#[derive(Default, Clone, Copy)]
+#[derive(Default, Clone)]
 pub struct UtilRun {
+    /// Jobs held by the downstream, sampled every 10 ms: (seconds from the
+    /// first drain, jobs held), for the chart.
+    pub held: Vec<(f64, f64)>,
     pub utilisation: f64,
     pub makespan_s: f64,
     pub max_held: i64,
@@ -57,13 +60,14 @@ pub async fn utilisation_run(infra: &Infra, s: &Settings, refill: bool, seed: u6
     let end = ds.last_done();
     ticker.stop().await;
     let samples = sampler.await.expect("the sampler");
-    let held: Vec<f64> = samples
+    let held: Vec<(f64, f64)> = samples
         .iter()
         .filter(|(t, _)| *t >= t0 && *t <= end)
-        .map(|(_, h)| *h as f64)
+        .map(|(t, h)| ((*t - t0).as_secs_f64(), *h as f64))
         .collect();
-    let mean = held.iter().sum::<f64>() / held.len().max(1) as f64;
+    let mean = held.iter().map(|(_, h)| h).sum::<f64>() / held.len().max(1) as f64;
     let r = UtilRun {
+        held,
         utilisation: mean / f64::from(limit),
         makespan_s: (end - t0).as_secs_f64(),
         max_held: ds.counters().max_held(),
@@ -107,7 +111,7 @@ pub fn section(o: &mut String, k: &mut Facts, s: &Settings, sluice: &[UtilRun], 
     keep(k, "un", o, "naive: mean utilisation", &col(naive, |r| r.utilisation), 3);
     keep(k, "ms", o, "sluicegate: makespan, s", &col(sluice, |r| r.makespan_s), 2);
     keep(k, "mn", o, "naive: makespan, s", &col(naive, |r| r.makespan_s), 2);
-    let pairs: Vec<(UtilRun, UtilRun)> = sluice.iter().copied().zip(naive.iter().copied()).collect();
+    let pairs: Vec<(UtilRun, UtilRun)> = sluice.iter().cloned().zip(naive.iter().cloned()).collect();
     keep(
         k,
         "uratio",
