@@ -1,4 +1,5 @@
-//! Performance and memory benchmarks. Writes `bench/REPORT.md`.
+//! Performance and memory benchmarks. Writes `bench/REPORT.md` and, from
+//! scenario c, `bench/utilisation.svg`.
 //!
 //! Run it with `scripts/bench` (it installs the tools, starts the local-aws-sqs
 //! emulator, checks Postgres and builds the release binary first), or by hand:
