@@ -104,10 +104,30 @@ async fn timed(route: &'static str, req: reqwest::RequestBuilder, record: &Mutex
     Some((status, body))
 }
 
+/// How a submitting client paces itself.
+#[derive(Clone, Copy)]
+enum Pace {
+    /// A pause after each answer.
+    After(Duration),
+    /// A job every so often.
+    Every(Duration),
+}
+
 impl Load {
-    /// `submitters` clients each submitting a job every 20 ms, a drain every
-    /// 100 ms, `/stats` and `/readyz` every 100 ms.
+    /// `submitters` clients each submitting a job, pausing 20 ms after each
+    /// answer, a drain every 100 ms, `/stats` and `/readyz` every 100 ms.
     pub fn start(base: &str, submitters: usize) -> Self {
+        Self::start_with(base, submitters, Pace::After(Duration::from_millis(20)))
+    }
+
+    /// The same with each client submitting at a steady rate (a job every
+    /// `every`, however fast the answers come): a load that stays below what
+    /// the service can drain, so that a long run ends with no backlog.
+    pub fn start_every(base: &str, submitters: usize, every: Duration) -> Self {
+        Self::start_with(base, submitters, Pace::Every(every))
+    }
+
+    fn start_with(base: &str, submitters: usize, pace: Pace) -> Self {
         let record = Arc::new(Mutex::new(Record::default()));
         let stop = CancellationToken::new();
         let http = reqwest::Client::builder()
@@ -119,7 +139,18 @@ impl Load {
             let (http, record, stop, base) = (http.clone(), record.clone(), stop.clone(), base.to_owned());
             tasks.push(tokio::spawn(async move {
                 let mut n = 0;
+                let mut ticks = match pace {
+                    Pace::Every(every) => {
+                        let mut t = tokio::time::interval(every);
+                        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                        Some(t)
+                    }
+                    Pace::After(_) => None,
+                };
                 while !stop.is_cancelled() {
+                    if let Some(t) = ticks.as_mut() {
+                        t.tick().await;
+                    }
                     n += 1;
                     let req = http
                         .post(format!("{base}/jobs"))
@@ -133,7 +164,9 @@ impl Load {
                             .accepted
                             .push(v["id"].as_str().unwrap().to_owned());
                     }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    if let Pace::After(pause) = pace {
+                        tokio::time::sleep(pause).await;
+                    }
                 }
             }));
         }

@@ -248,8 +248,13 @@ async fn soak() {
         b_base: b_base.clone(),
     };
 
-    let load_a = Load::start(&a_base, 1);
-    let load_b = Load::start(&b_base, 1);
+    // 16 jobs a second on each: below what the three replicas drain here
+    // with faults and Retry-After pauses (about 43 a second), so that the
+    // run ends without a backlog (one client pausing 20 ms after each
+    // answer submitted up to 50 a second, and left a 10,000-job backlog
+    // that 180 s of settling could not drain).
+    let load_a = Load::start_every(&a_base, 1, Duration::from_millis(60));
+    let load_b = Load::start_every(&b_base, 1, Duration::from_millis(60));
     let started = Instant::now();
     let mut report = String::new();
     writeln!(
