@@ -898,8 +898,12 @@ pub struct Offer<'a> {
 ///
 /// Fairness: each key may take `cap - live` more (its own cap, else the
 /// gate's `key_max_concurrency`, else no cap); the slots are given out by
-/// weighted share of occupied slots — `(live + n) / weight` for a key's
-/// n-th waiting job — and within a key by `created_at - priority`. Only a
+/// weighted share of occupied slots — `(live + n - 1/2) / weight` for a
+/// key's n-th waiting job (Sainte-Laguë's divisors: `live + n` would hand
+/// the heavier key the rounding every time: 8 of 10 slots for weights 1:3),
+/// ties between keys broken at random (so a half slot is held half
+/// of the time, not always by the same key) — and within a key by
+/// `created_at - priority`. Only a
 /// key's first `free` jobs are looked at (an index range per key, the keys
 /// found by a loose index scan), so a reservation costs the same whatever
 /// the backlog of one key.
@@ -1015,17 +1019,17 @@ pub async fn reserve(pool: &PgPool, offers: &[Offer<'_>], window: &WindowTimes, 
              SELECT h.key, h.turn_at, h.job_id, coalesce(k.max_concurrency, f.default_cap) AS cap,
                     coalesce(k.weight, 1) AS weight,
                     (SELECT count(*) FROM jobs j WHERE j.key = h.key AND j.status = ANY(live_statuses())) AS live,
-                    LEAST(f.n, $1) AS free
+                    LEAST(f.n, $1) AS free, random() AS tie
              FROM heads h CROSS JOIN free f LEFT JOIN keys k ON k.key = h.key),
            -- Only the keys whose first job would win a slot can win any: a
            -- key's later jobs come after its first. So at most `free` keys,
            -- the best by their first job, are looked into further.
            best AS (
              SELECT * FROM room WHERE cap IS NULL OR live < cap
-             ORDER BY (live + 1) / weight, turn_at, job_id
+             ORDER BY (live + 0.5) / weight, tie
              LIMIT (SELECT LEAST(n, $1) FROM free)),
            cand AS MATERIALIZED (
-             SELECT c.job_id, c.turn_at, c.receipt, c.expires_at, (r.live + c.n) / r.weight AS share
+             SELECT c.job_id, c.turn_at, c.receipt, c.expires_at, (r.live + c.n - 0.5) / r.weight AS share, r.tie
              FROM best r CROSS JOIN LATERAL (
                -- A key's jobs that may go, in turn, each checked by its primary
                -- key (a subquery, so no plan joins the window to a scan of jobs).
@@ -1040,7 +1044,7 @@ pub async fn reserve(pool: &PgPool, offers: &[Offer<'_>], window: &WindowTimes, 
            picked AS (
              SELECT j.id, c.receipt, c.expires_at FROM cand c JOIN jobs j ON j.id = c.job_id
              WHERE j.status = 'queued' AND j.available_at <= now()
-             ORDER BY c.share, c.turn_at, j.id LIMIT LEAST((SELECT n FROM free), $1)
+             ORDER BY c.share, c.tie, c.turn_at, j.id LIMIT LEAST((SELECT n FROM free), $1)
              FOR UPDATE OF j),
            upd AS (
              UPDATE jobs j SET status = 'dispatching', attempts = j.attempts + 1,

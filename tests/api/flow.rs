@@ -412,6 +412,35 @@ async fn weights_share_the_slots_of_a_binding_limit() {
     );
 }
 
+/// A fractional share is rounded neither up nor down by habit: with weights
+/// 1 and 4, the light key holding 1 slot and the heavy one 6, the next slot
+/// goes to the light key (`(1 + ½) / 1 < (6 + ½) / 4`). Divisors `live + 1`
+/// would give it to the heavy key (`2 / 1 > 7 / 4`): the heavier key would
+/// keep the rounding.
+#[tokio::test]
+async fn the_next_slot_goes_to_the_key_furthest_below_its_weighted_share() {
+    let ds = Downstream::start(|_| Reply::status(202)).await;
+    let app = app().downstream(&ds.url).spawn().await;
+    occupy_the_only_slot(&app).await;
+    assert_eq!(put(&app, "/keys/heavy", json!({"weight": 4})).await.status(), 200);
+    app.submit_batch(jobs_of("light", 1)).await;
+    app.submit_batch(jobs_of("heavy", 6)).await;
+    take_all_in(&app, &[("light", 1), ("heavy", 6)]).await;
+    app.set_limit(1 + 7).await;
+    assert_eq!(app.drain().await["dispatched"], 7);
+    app.submit_batch(jobs_of("light", 3)).await;
+    app.submit_batch(jobs_of("heavy", 3)).await;
+    take_all_in(&app, &[("light", 3), ("heavy", 3)]).await;
+    app.set_limit(1 + 8).await;
+    assert_eq!(app.drain().await["dispatched"], 1);
+    let held = per_key(&ds);
+    assert_eq!(
+        (held.get("heavy").copied(), held.get("light").copied()),
+        (Some(6), Some(2)),
+        "{held:?}"
+    );
+}
+
 #[tokio::test]
 async fn priority_moves_a_job_ahead_within_its_key_by_at_most_its_seconds() {
     let ds = Downstream::start(|_| Reply::status(202)).await;
