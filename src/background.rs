@@ -21,8 +21,9 @@ pub const PRUNE_BATCH: i64 = 500;
 /// Pause after a background drain failed (Postgres or SQS down).
 const DRAIN_RETRY_PAUSE: Duration = Duration::from_secs(1);
 
-/// The background loops: refill/ticker drains, the lease sweeper, and the
-/// gauge sampler with count compaction. All stop on `state.shutdown`.
+/// The background loops: refill/ticker drains, the lease sweeper, the
+/// window's visibility extension, the requeue sweeper, the gauge sampler
+/// with count compaction, and the retention pruner. All stop on `state.shutdown`.
 pub fn spawn(state: &AppState) -> TaskTracker {
     let tracker = TaskTracker::new();
     tracker.spawn(crate::pg_watch::watch(
@@ -38,6 +39,8 @@ pub fn spawn(state: &AppState) -> TaskTracker {
     tracker.spawn(async move { sample_loop(s).await });
     let s = state.clone();
     tracker.spawn(async move { requeue_loop(s).await });
+    let s = state.clone();
+    tracker.spawn(async move { extend_loop(s).await });
     if state.config.job_retention_secs > 0 {
         let s = state.clone();
         tracker.spawn(async move { prune_loop(s).await });
@@ -91,6 +94,22 @@ async fn lease_loop(state: AppState) {
             Ok(_) if state.config.refill_on_callback => state.refill.notify_one(),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "lease sweep failed"),
+        }
+    }
+}
+
+/// Keeps the messages of jobs waiting in the intake window hidden: every
+/// `drain::EXTEND_EVERY`, those about to run short are extended.
+async fn extend_loop(state: AppState) {
+    let mut t = tokio::time::interval(crate::drain::EXTEND_EVERY);
+    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = t.tick() => {}
+        }
+        if let Err(e) = crate::drain::extend_window(&state).await {
+            tracing::warn!(error = %e, "extending the visibility of messages waiting in the window failed");
         }
     }
 }

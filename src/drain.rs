@@ -83,15 +83,27 @@ pub const WINDOW_MAX: i64 = 10_000;
 /// beyond, a cursor moves on to the next ones on each reservation, so that
 /// the cost of a reservation does not grow with the number of keys.
 pub const WINDOW_KEYS: i64 = 256;
-/// How long a message taken into the window stays hidden (at least the
-/// dispatch lease plus four [`WINDOW_MARGIN`]s). A job that waits longer in
-/// the window has its message shown again, received again and its receipt
-/// renewed; each receive counts towards the queue's `maxReceiveCount`
-/// (1000 in the template: about a week of waiting in the window).
+/// How long a message whose job waits in the window is hidden once its
+/// first visibility runs short (at least the dispatch lease plus four
+/// [`WINDOW_MARGIN`]s), again and again while it waits ([`extend_window`]).
+/// Extending counts no receive towards the queue's `maxReceiveCount`.
 const WINDOW_VISIBILITY: Duration = Duration::from_secs(600);
-/// A job is reserved only while its receipt stays valid this much longer
-/// than its dispatch lease (for the message action after the submission).
+/// Added to the dispatch lease for the least a message taken into the
+/// window is hidden for ([`window_visibility`]).
 const WINDOW_MARGIN: Duration = Duration::from_secs(30);
+/// A job is reserved only while its receipt stays valid this much longer
+/// than its submission may take (`DISPATCH_TIMEOUT_SECS`): time to act on
+/// its message afterwards. A receipt that runs out all the same costs
+/// nothing but requests: the message shows again, is received again, and
+/// is deleted or taken in as its job's state says.
+const RECEIPT_MARGIN: Duration = Duration::from_secs(20);
+/// How often each replica extends the visibility of the window's messages
+/// that are about to become too short for a reservation
+/// ([`extend_window`]).
+pub const EXTEND_EVERY: Duration = Duration::from_secs(5);
+/// How long before its receipt becomes too short to reserve the job a
+/// waiting message is extended: three sweeps' worth.
+const EXTEND_AHEAD: Duration = Duration::from_secs(15);
 /// The share of `DRAIN_BUDGET_MS` a drain with no free slot may spend taking
 /// messages into the window (so that other keys' jobs behind a backlog are
 /// seen before slots free up).
@@ -157,16 +169,22 @@ fn dispatch_lease(state: &AppState) -> Duration {
 /// How long received messages stay hidden, and how long the window may rely
 /// on their receipts.
 fn window_times(state: &AppState) -> store::WindowTimes {
-    let lease = dispatch_lease(state);
     store::WindowTimes {
+        first_visibility_secs: message_visibility(state).as_secs_f64(),
         visibility_secs: window_visibility(state).as_secs_f64(),
-        dispatch_lease_secs: lease.as_secs_f64(),
-        receipt_margin_secs: (lease + WINDOW_MARGIN).as_secs_f64(),
+        dispatch_lease_secs: dispatch_lease(state).as_secs_f64(),
+        receipt_margin_secs: receipt_margin(state).as_secs_f64(),
         keys_per_reservation: WINDOW_KEYS,
     }
 }
 
-/// How long a message stays hidden once it waits in the window.
+/// How much longer a receipt must stay valid for its job to be reserved.
+fn receipt_margin(state: &AppState) -> Duration {
+    state.config.dispatch_timeout() + RECEIPT_MARGIN
+}
+
+/// How long a message stays hidden once it has waited in the window for a
+/// while, or at once if its job cannot go yet ([`extend_window`]).
 fn window_visibility(state: &AppState) -> Duration {
     WINDOW_VISIBILITY.max(dispatch_lease(state) + WINDOW_MARGIN * 4)
 }
@@ -174,8 +192,9 @@ fn window_visibility(state: &AppState) -> Duration {
 /// How long a received message is hidden at first: the dispatch lease, as
 /// long as its job's dispatch may take, and no longer, so that a message
 /// whose receive answer was lost (an SQS cut) shows again as soon as before
-/// the window. Messages that go on waiting in the window are hidden for
-/// [`window_visibility`] once taken in.
+/// the window. A message that goes on waiting in the window is hidden for
+/// [`window_visibility`] shortly before this runs out ([`extend_window`]):
+/// most jobs go before, and their messages need no extension.
 fn message_visibility(state: &AppState) -> Duration {
     dispatch_lease(state)
 }
@@ -643,8 +662,19 @@ async fn reserve_for(state: &AppState, messages: Vec<Received>, free: i64) -> an
             })
         })
         .collect();
-    let reservation = store::reserve(&state.db, &offers, &window_times(state), free).await?;
+    let times = window_times(state);
+    let reservation = store::reserve(&state.db, &offers, &times, free).await?;
     let taken: std::collections::HashSet<Uuid> = reservation.taken_in.iter().map(|t| t.job).collect();
+    // Jobs that cannot go yet (a back-off, a dispatch under way): their
+    // rows are pending until their messages are hidden for the window's
+    // visibility. The others wait with the visibility they were received
+    // with, extended only if they are still waiting when it runs short.
+    let not_ready: std::collections::HashSet<Uuid> = reservation
+        .taken_in
+        .iter()
+        .filter(|t| !t.ready)
+        .map(|t| t.job)
+        .collect();
     let reserved_ids: std::collections::HashSet<Uuid> = reservation.jobs.iter().map(|(r, _)| r.id()).collect();
     let waiting = reservation
         .taken_in
@@ -697,9 +727,10 @@ async fn reserve_for(state: &AppState, messages: Vec<Received>, free: i64) -> an
             continue;
         };
         // In the window: reserved now, its dispatch acts on the message;
-        // waiting, the message stays hidden for the window's visibility.
+        // not ready, the message is hidden for the window's visibility now;
+        // ready, it is extended later if it is still waiting then.
         if taken.contains(&id) {
-            if !reserved_ids.contains(&id) {
+            if not_ready.contains(&id) {
                 waiting_jobs.push(id);
                 waiting_receipts.push((m.receipt, window_visibility(state)));
             }
@@ -728,36 +759,80 @@ async fn reserve_for(state: &AppState, messages: Vec<Received>, free: i64) -> an
             Some(_) => sorted.release.push(release(Duration::ZERO, Some(id))),
         }
     }
-    // Their rows are pending: no other drain reserves them (and hands their
-    // message back) until the extension is done and `window_ready` says so.
-    // A message whose extension failed stays at its first, short
-    // visibility, shows again and is taken in anew (with its new receipt).
-    if !waiting_receipts.is_empty() {
-        let failed: std::collections::HashSet<usize> =
-            state.queue.release(&waiting_receipts).await.into_iter().collect();
-        if !failed.is_empty() {
-            tracing::warn!(
-                messages = failed.len(),
-                "could not extend the visibility of messages waiting in the window"
-            );
-        }
-        let extended: Vec<(Uuid, String)> = waiting_jobs
-            .into_iter()
-            .zip(waiting_receipts)
-            .enumerate()
-            .filter(|(i, _)| !failed.contains(i))
-            .map(|(_, (job, (receipt, _)))| (job, receipt))
-            .collect();
-        if let Err(e) = store::window_ready(&state.db, &extended).await {
+    extend(state, waiting_jobs, waiting_receipts, &times).await;
+    Ok(sorted)
+}
+
+/// Hides the messages of these jobs' pending window rows for the window's
+/// visibility, then opens the rows to every drain (`store::window_ready`).
+/// While pending, no drain reserves them (and hands their message back
+/// before the extension, which would then hide it for the whole window
+/// visibility with no row left to dispatch its job). A message whose
+/// extension failed keeps its visibility and its row stays pending: it
+/// shows again and is taken in anew (with its new receipt). Returns how
+/// many rows were opened.
+async fn extend(
+    state: &AppState,
+    waiting_jobs: Vec<Uuid>,
+    waiting_receipts: Vec<(String, Duration)>,
+    times: &store::WindowTimes,
+) -> usize {
+    if waiting_receipts.is_empty() {
+        return 0;
+    }
+    let failed: std::collections::HashSet<usize> = state.queue.release(&waiting_receipts).await.into_iter().collect();
+    if !failed.is_empty() {
+        tracing::warn!(
+            messages = failed.len(),
+            "could not extend the visibility of messages waiting in the window"
+        );
+    }
+    let extended: Vec<(Uuid, String)> = waiting_jobs
+        .into_iter()
+        .zip(waiting_receipts)
+        .enumerate()
+        .filter(|(i, _)| !failed.contains(i))
+        .map(|(_, (job, (receipt, _)))| (job, receipt))
+        .collect();
+    match store::window_ready(&state.db, &extended, times).await {
+        Ok(()) => extended.len(),
+        Err(e) => {
             // Rather than leave them hidden for the window's visibility with
             // rows no drain may use: shown again at once, taken in anew.
             tracing::warn!(error = %e, "could not open waiting jobs to every drain; releasing their messages");
             let now: Vec<(String, Duration)> = extended.into_iter().map(|(_, r)| (r, Duration::ZERO)).collect();
             state.queue.release(&now).await;
+            0
         }
     }
-    Ok(sorted)
 }
+
+/// Extends the visibility of the window's messages whose receipts are about
+/// to become too short to reserve their jobs (within [`EXTEND_AHEAD`]),
+/// every [`EXTEND_EVERY`] on each replica: their rows are claimed (made
+/// pending, so that no drain reserves them meanwhile), their messages hidden
+/// for the window's visibility, their rows opened again with the new
+/// expiry. Returns how many were extended and opened again.
+pub async fn extend_window(state: &AppState) -> anyhow::Result<usize> {
+    let times = window_times(state);
+    let within = receipt_margin(state) + EXTEND_AHEAD;
+    let mut total = 0;
+    loop {
+        let claimed = store::claim_expiring(&state.db, within.as_secs_f64(), EXTEND_CLAIM).await?;
+        let n = claimed.len();
+        let (jobs, receipts): (Vec<Uuid>, Vec<(String, Duration)>) = claimed
+            .into_iter()
+            .map(|(job, receipt)| (job, (receipt, window_visibility(state))))
+            .unzip();
+        total += extend(state, jobs, receipts, &times).await;
+        if (n as i64) < EXTEND_CLAIM || state.shutdown.is_cancelled() {
+            return Ok(total);
+        }
+    }
+}
+
+/// The most window rows one claim of [`extend_window`] takes.
+const EXTEND_CLAIM: i64 = 500;
 
 /// Submits one reserved job and records what the downstream said.
 #[tracing::instrument(name = "dispatch", skip_all, fields(job_id = %job.id(), attempt = job.attempt.attempt))]

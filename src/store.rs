@@ -1124,6 +1124,9 @@ pub async fn reserve(pool: &PgPool, offers: &[Offer<'_>], window: &WindowTimes, 
 #[derive(Debug, Clone, Copy)]
 pub struct WindowTimes {
     /// The visibility timeout messages were received with.
+    pub first_visibility_secs: f64,
+    /// The visibility timeout of a message extended while its job waits in
+    /// the window.
     pub visibility_secs: f64,
     /// A reserved job's dispatch lease.
     pub dispatch_lease_secs: f64,
@@ -1148,7 +1151,10 @@ pub struct TakenIn {
 /// window (a job already there gets the newer receipt). A queued job not yet
 /// due waits there for its time; a dispatching one (its submission's
 /// outcome unknown, or its replica gone) is there when its lease sends it
-/// back to the queue. Messages of other jobs are not taken in.
+/// back to the queue. Messages of other jobs are not taken in. The rows of
+/// jobs that cannot go now are pending (the drain extends their messages
+/// at once, then `window_ready`); the others may be reserved by any drain
+/// at once, for as long as their first visibility allows.
 async fn take_in(
     tx: &mut Transaction<'_, Postgres>,
     offers: &[Offer<'_>],
@@ -1172,15 +1178,15 @@ async fn take_in(
              WHERE j.status IN ('queued', 'dispatching')),
            ins AS (
              INSERT INTO intake (job_id, key, turn_at, receipt, expires_at, reserved, pending)
-             SELECT id, key, turn_at, receipt, now() + make_interval(secs => $3), reserved, true FROM src
+             SELECT id, key, turn_at, receipt, now() + make_interval(secs => $3), reserved, NOT ready FROM src
              ON CONFLICT (job_id) DO UPDATE
                SET receipt = EXCLUDED.receipt, expires_at = EXCLUDED.expires_at, reserved = EXCLUDED.reserved,
-                   pending = true
+                   pending = EXCLUDED.pending
              RETURNING job_id)
            SELECT ins.job_id, src.ready AS "ready!" FROM ins JOIN src ON src.id = ins.job_id"#,
         &ids,
         &receipts,
-        window.visibility_secs - RECEIPT_SLACK_SECS,
+        window.first_visibility_secs - RECEIPT_SLACK_SECS,
     )
     .fetch_all(&mut **tx)
     .await?;
@@ -1216,22 +1222,53 @@ pub async fn leave_intake(ex: impl PgExecutor<'_>, left: &[(Uuid, String)]) -> s
     Ok(())
 }
 
-/// Opens window rows to every drain once their messages are hidden for the
-/// window's visibility: each row only if it still holds that receipt.
-pub async fn window_ready(ex: impl PgExecutor<'_>, extended: &[(Uuid, String)]) -> sqlx::Result<()> {
+/// Opens pending window rows to every drain once their messages are hidden
+/// for the window's visibility (which their expiry now says): each row only
+/// if it still holds that receipt.
+pub async fn window_ready(
+    ex: impl PgExecutor<'_>,
+    extended: &[(Uuid, String)],
+    window: &WindowTimes,
+) -> sqlx::Result<()> {
     if extended.is_empty() {
         return Ok(());
     }
     let (ids, receipts): (Vec<Uuid>, Vec<String>) = extended.iter().cloned().unzip();
     sqlx::query!(
-        "UPDATE intake i SET pending = false FROM unnest($1::uuid[], $2::text[]) AS e(id, receipt)
+        "UPDATE intake i SET pending = false, expires_at = now() + make_interval(secs => $3)
+         FROM unnest($1::uuid[], $2::text[]) AS e(id, receipt)
          WHERE i.job_id = e.id AND i.receipt = e.receipt AND i.pending",
         &ids,
-        &receipts
+        &receipts,
+        window.visibility_secs - RECEIPT_SLACK_SECS,
     )
     .execute(ex)
     .await?;
     Ok(())
+}
+
+/// Claims up to `limit` window rows waiting with a receipt that expires
+/// within `within_secs` (and has not yet), for their messages' visibility to
+/// be extended: they are made pending, so no drain reserves them meanwhile,
+/// and `window_ready` opens them again. Replicas claim different rows.
+pub async fn claim_expiring(
+    ex: impl PgExecutor<'_>,
+    within_secs: f64,
+    limit: i64,
+) -> sqlx::Result<Vec<(Uuid, String)>> {
+    let rows = sqlx::query!(
+        "UPDATE intake SET pending = true
+         WHERE job_id IN (SELECT job_id FROM intake
+                          WHERE NOT reserved AND NOT pending
+                            AND expires_at > now() AND expires_at < now() + make_interval(secs => $1)
+                          ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+         RETURNING job_id, receipt",
+        within_secs,
+        limit
+    )
+    .fetch_all(ex)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.job_id, r.receipt)).collect())
 }
 
 /// Puts queued (or still dispatching) jobs back into the intake window with the receipt they

@@ -10,15 +10,18 @@ pub fn made_up_receipt(id: Uuid) -> String {
     format!("test-receipt-{id}")
 }
 
-/// The usual made-up window times: messages received with a visibility of
-/// five minutes, a 70 s dispatch lease, a 100 s receipt margin, and
+/// The usual made-up window times, as a drain has them with the test
+/// config's 5 s dispatch timeout: messages received with a visibility of
+/// 65 s (the dispatch lease), extended to five minutes while they wait, a
+/// 25 s receipt margin, and
 /// `WINDOW_KEYS` keys looked at per reservation, as in a drain. Change a
 /// field with `WindowTimes { keys_per_reservation: 2, ..window_times() }`.
 pub fn window_times() -> WindowTimes {
     WindowTimes {
+        first_visibility_secs: 65.0,
         visibility_secs: 300.0,
-        dispatch_lease_secs: 70.0,
-        receipt_margin_secs: 100.0,
+        dispatch_lease_secs: 65.0,
+        receipt_margin_secs: 25.0,
         keys_per_reservation: sluicegate::drain::WINDOW_KEYS,
     }
 }
@@ -43,18 +46,21 @@ pub async fn reserve_ids(db: &PgPool, ids: &[Uuid]) -> sqlx::Result<Reservation>
 }
 
 /// Takes `ids` into the intake window as a drain with no free slot does
-/// (their messages just received, with [`made_up_receipt`]s), without
-/// marking them ready: until [`mark_ready`], no reservation takes them.
-/// Returns the reservation, whose `taken_in` names the jobs taken in.
+/// (their messages just received, with [`made_up_receipt`]s): the rows of
+/// jobs that may go now serve any reservation at once; those of jobs that
+/// cannot (a back-off, a dispatch under way) are pending until
+/// [`mark_ready`]. Returns the reservation, whose `taken_in` names the jobs
+/// taken in.
 pub async fn take_in(db: &PgPool, ids: &[Uuid], times: &WindowTimes) -> sqlx::Result<Reservation> {
     offer(db, ids, times, 0).await
 }
 
-/// Marks `ids`, taken in by [`take_in`], ready to go, as a drain does once
-/// it has extended their messages' visibility (`store::window_ready`).
+/// Opens the pending rows of `ids` (taken in by [`take_in`], or claimed by
+/// `store::claim_expiring`) to every drain, as a drain does once it has
+/// extended their messages' visibility (`store::window_ready`).
 pub async fn mark_ready(db: &PgPool, ids: &[Uuid]) -> sqlx::Result<()> {
     let ready: Vec<(Uuid, String)> = ids.iter().map(|&id| (id, made_up_receipt(id))).collect();
-    store::window_ready(db, &ready).await
+    store::window_ready(db, &ready, &window_times()).await
 }
 
 /// Takes `ids` into the intake window as drains would and marks them ready

@@ -552,9 +552,11 @@ async fn with_more_keys_than_a_reservation_looks_at_every_key_gets_its_turn() {
             .unwrap();
         order.push(key);
     }
-    // Looking at `a` and `b` only, `c` would come last (7th).
+    // Looking at `a` and `b` only, `c` would come last (7th). The first
+    // reservation looks at `a` and `b`, the second at `c` and `a`: `c` goes
+    // then, or (a tie with `a`, broken at random) the third.
     let c_at = order.iter().position(|k| k == "c").unwrap();
-    assert!(c_at <= 1, "key c waited behind the keys before it: {order:?}");
+    assert!(c_at <= 2, "key c waited behind the keys before it: {order:?}");
     let mut sorted = order.clone();
     sorted.sort();
     assert_eq!(sorted, ["a", "a", "a", "b", "b", "b", "c"], "every job went once");

@@ -317,13 +317,14 @@ async fn stats(app: &TestApp) -> serde_json::Value {
     app.get("/stats").await.json().await.unwrap()
 }
 
-/// Invariant 9: a job taken into the intake window by one drain is not
-/// reserved by another until its message is hidden for the window's
-/// visibility (`window_ready`). Otherwise the other drain could release the
-/// message (a back-off) before the first one's extension, which would then
-/// hide it for ten minutes with no window row left to dispatch its job.
+/// Invariant 9: a job taken into the intake window may go at once, from any
+/// drain; but once its row is claimed for the extension of its message's
+/// visibility (`store::claim_expiring`), no drain reserves it until the
+/// extension is recorded (`window_ready`). Otherwise a drain could release
+/// the message (a back-off) before the extension, which would then hide it
+/// for the window's whole visibility with no row left to dispatch its job.
 #[tokio::test]
-async fn a_job_taken_in_waits_for_its_extension_before_another_drain_reserves_it() {
+async fn a_job_whose_message_is_being_extended_waits_for_the_extension_before_a_drain_reserves_it() {
     let app = app().config(|c| c.max_concurrency = 1).spawn().await;
     let id = uuid(&id_of(&app.submit(json!("waits")).await));
     let db = &app.state.db;
@@ -332,12 +333,19 @@ async fn a_job_taken_in_waits_for_its_extension_before_another_drain_reserves_it
     let first = take_in(db, &[id], &times).await.unwrap();
     assert_eq!(first.taken_in.len(), 1);
     assert!(first.jobs.is_empty());
+    // Its receipt runs short: claimed for an extension.
+    let claimed = store::claim_expiring(db, 3600.0, 10).await.unwrap();
+    assert_eq!(claimed, vec![(id, made_up_receipt(id))]);
+    assert!(
+        store::claim_expiring(db, 3600.0, 10).await.unwrap().is_empty(),
+        "a row is claimed once"
+    );
     // A slot is free for another drain, which received nothing: the job
-    // must not go before the first drain has extended its message.
+    // must not go before the extension is recorded.
     let other = store::reserve(db, &[], &times, 1).await.unwrap();
     assert!(
         other.jobs.is_empty(),
-        "another drain reserved a job whose message was not extended yet"
+        "another drain reserved a job whose message was being extended"
     );
     // Extended: now any drain may reserve it.
     mark_ready(db, &[id]).await.unwrap();
@@ -345,6 +353,55 @@ async fn a_job_taken_in_waits_for_its_extension_before_another_drain_reserves_it
     assert_eq!(other.jobs.len(), 1);
     assert_eq!(other.jobs[0].0.id(), id);
     assert_eq!(other.jobs[0].1.handle, made_up_receipt(id));
+}
+
+/// Invariant 9, the cost side: a message taken into the window keeps the
+/// visibility it was received with, and any drain may reserve its job at
+/// once; only when that runs short is it extended, by the sweep every
+/// replica runs (`drain::extend_window`), with its real receipt.
+#[tokio::test]
+async fn a_waiting_message_is_extended_only_when_its_receipt_runs_short() {
+    let ds = Downstream::start(|_| Reply::status(202)).await;
+    let app = app()
+        .downstream(&ds.url)
+        .config(|c| c.max_concurrency = 1)
+        .spawn()
+        .await;
+    app.submit(json!("holds the slot")).await;
+    assert_eq!(app.drain().await["dispatched"], 1);
+    let id = uuid(&id_of(&app.submit(json!("waits")).await));
+    assert_eq!(app.drain().await["stop_reason"], "at_capacity");
+    let row = || async {
+        sqlx::query_as::<_, (bool, f64)>(
+            "SELECT pending, extract(epoch FROM expires_at - now())::float8 FROM intake WHERE job_id = $1",
+        )
+        .bind(id)
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap()
+    };
+    let (pending, left) = row().await;
+    assert!(!pending, "a job that may go waits for no extension");
+    assert!(
+        left < 70.0,
+        "received for the dispatch lease only, not extended: {left} s left"
+    );
+    assert_eq!(
+        sluicegate::drain::extend_window(&app.state).await.unwrap(),
+        0,
+        "nothing runs short yet"
+    );
+    // Time passes: the receipt has 30 s left, less than the 5 s dispatch
+    // timeout, the receipt margin and the sweeps ahead.
+    sqlx::query("UPDATE intake SET expires_at = now() + interval '30 seconds' WHERE job_id = $1")
+        .bind(id)
+        .execute(&app.state.db)
+        .await
+        .unwrap();
+    assert_eq!(sluicegate::drain::extend_window(&app.state).await.unwrap(), 1);
+    let (pending, left) = row().await;
+    assert!(!pending);
+    assert!(left > 250.0, "hidden for the window's visibility now: {left} s left");
 }
 
 /// A job whose message SQS could not release (a back-off after a 5xx, while
