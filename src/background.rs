@@ -142,9 +142,8 @@ async fn requeue_loop(state: AppState) {
     }
 }
 
-/// Refreshes the gauges, folds the per-status count deltas (a busy service
-/// appends thousands of delta rows a minute) and removes spent rows of the
-/// intake window, every 10 s.
+/// Refreshes the gauges and removes spent rows of the intake window, every
+/// 10 s.
 async fn sample_loop(state: AppState) {
     let mut t = tokio::time::interval(SAMPLE_INTERVAL);
     loop {
@@ -153,9 +152,6 @@ async fn sample_loop(state: AppState) {
             _ = t.tick() => {}
         }
         crate::metrics::sample(&state).await;
-        if let Err(e) = store::compact_counts(&state.db).await {
-            tracing::warn!(error = %e, "compacting job counts failed");
-        }
         if let Err(e) = store::prune_intake(&state.db).await {
             tracing::warn!(error = %e, "removing spent rows of the intake window failed");
         }

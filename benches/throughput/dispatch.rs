@@ -282,7 +282,8 @@ pub fn interpretation(p: &mut String, k: &Facts, s: &Settings) {
              the whole window, then COMMIT) besides the `ReceiveMessage`; each job then costs three more \
              statements (the outcome transition, the callback's credential lookup and its transition) and a \
              share of one per drain (the window rows of the dispatched jobs removed): {:.2} Postgres \
-             transactions, {:.1} rows inserted (3 `job_events`, 6 `job_count_deltas`, 1 `intake`) and {:.1} \
+             transactions, {:.1} rows inserted (`job_events`, `intake`; the per-status counts are updated in place, one row per \
+             statement and status) and {:.1} \
              rows updated per job, and Postgres was again the largest CPU user ({:.2} cores; emulator {:.2}, bench process \
              {:.2}, machine {:.2}). SQS is cheap: {:.3} requests per job, i.e. full batches of 10 for receive \
              and delete, because a refill drain keeps looping for 70 % of `DRAIN_BUDGET_MS` and the callbacks \

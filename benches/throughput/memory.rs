@@ -32,7 +32,7 @@ pub struct MemRun {
     /// Median latency of `GET /stats` after start and after the drain.
     pub stats_idle_ms: f64,
     pub stats_after_ms: f64,
-    /// Rows in `job_count_deltas` after the drain.
+    /// Rows in `job_counts` after the drain.
     pub delta_rows: f64,
     pub enqueue_jobs_per_s: f64,
     pub drain_jobs_per_s: f64,
@@ -181,7 +181,7 @@ pub async fn memory_run(infra: &Infra, s: &Settings, bin: &Path, run: usize) -> 
     tokio::time::sleep(Duration::from_millis(500)).await;
     let stats_after_ms = stats_latency_ms(http, &base).await;
     let delta_rows = match PgConnection::connect(&db_url).await {
-        Ok(mut c) => sqlx::query_scalar::<_, i64>("SELECT count(*) FROM job_count_deltas")
+        Ok(mut c) => sqlx::query_scalar::<_, i64>("SELECT count(*) FROM job_counts")
             .fetch_one(&mut c)
             .await
             .map_or(f64::NAN, |n| n as f64),
@@ -330,7 +330,7 @@ pub fn section(o: &mut String, k: &mut Facts, s: &Settings, mem: &[MemRun], bina
                 k,
                 "delta_rows",
                 o,
-                "rows in `job_count_deltas` after the drain",
+                "rows in `job_counts` after the drain",
                 &col(|r| r.delta_rows),
                 0,
             );
@@ -364,9 +364,9 @@ pub fn interpretation(p: &mut String, k: &Facts, s: &Settings) {
              them at {:.0} jobs/s; VmRSS moved by {growth:+.1} MiB between a quarter and all of the jobs drained, \
              so memory follows concurrency (requests in flight, pools, allocator arenas), not the number of jobs \
              processed — the jobs live in Postgres and SQS, not in the process. `GET /stats` took {:.1} ms after \
-             start and {:.1} ms after the drain: it sums `job_count_deltas`, which held {:.0} rows by then (a \
-             trigger appends one row per insert and two per status change, and each replica compacts the table \
-             every 10 s), so its cost grows with the throughput of the last seconds.",
+             start and {:.1} ms after the drain: it sums `job_counts`, which held {:.0} rows by then (a statement \
+             trigger adds each statement's net change per status to the row of its connection's slot, 64 \
+             slots at most), so its cost follows neither the throughput nor the number of jobs.",
             m("idle"),
             m("enq_hwm"),
             s.mem_jobs,
