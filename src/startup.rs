@@ -93,6 +93,7 @@ impl Application {
             refill: Arc::new(Notify::new()),
             metrics: crate::metrics::recorder(),
             enqueue_slots: Arc::new(tokio::sync::Semaphore::new((config_pool_size / 2).max(1) as usize)),
+            groups: Arc::default(),
             intake: Arc::default(),
             keys_with_gauges: Arc::default(),
             postgres: Default::default(),

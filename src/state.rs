@@ -25,6 +25,8 @@ pub struct AppState {
     /// connection while it sends to SQS; a slow SQS must not take the whole
     /// pool from callbacks and drains).
     pub enqueue_slots: Arc<Semaphore>,
+    /// Single submissions waiting to share an enqueue (group commit).
+    pub groups: Arc<crate::enqueue::Groups>,
     /// Whether drains with no free slot take messages into the window.
     pub intake: Arc<crate::drain::Intake>,
     /// Keys given gauges by the sampler (`metrics::sample`).

@@ -109,7 +109,14 @@ impl ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        match &e {
+        std::sync::Arc::new(e).into()
+    }
+}
+
+/// A database error shared by several requests (a group's enqueue).
+impl From<std::sync::Arc<sqlx::Error>> for ApiError {
+    fn from(e: std::sync::Arc<sqlx::Error>) -> Self {
+        match &*e {
             // The database is unreachable, or the connection broke mid-way.
             sqlx::Error::PoolTimedOut
             | sqlx::Error::Io(_)

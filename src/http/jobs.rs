@@ -152,6 +152,7 @@ impl From<EnqueueError> for ApiError {
                 cause: None,
             },
             EnqueueError::OutcomeUnknown(e) => ApiError::unavailable(UNKNOWN_OUTCOME, e),
+            EnqueueError::Abandoned => ApiError::unavailable(UNKNOWN_OUTCOME, e),
         }
     }
 }
@@ -175,7 +176,14 @@ async fn submit(
             }
             (valid, answers)
         });
-    let mut results = enqueue::enqueue(state, &valid).await?.into_iter();
+    // One submission shares an enqueue with those arriving meanwhile.
+    let mut results = if valid.len() == 1 {
+        let one = valid.into_iter().next().expect("one");
+        vec![enqueue::enqueue_one(state, one).await?]
+    } else {
+        enqueue::enqueue(state, &valid).await?
+    }
+    .into_iter();
     for answer in answers.iter_mut().filter(|a| a.is_none()) {
         *answer = Some(match results.next().expect("one result per valid item") {
             Submitted::New(job) => Ok((StatusCode::ACCEPTED, job)),

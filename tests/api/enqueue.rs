@@ -103,6 +103,36 @@ async fn idempotency_key_returns_the_same_job_or_refuses_another_body() {
     assert_eq!(app.job_count().await, 2);
 }
 
+/// Group commit: single submissions that arrive while the group's enqueues
+/// are busy share the next one (one transaction, one `SendMessageBatch`),
+/// and each still hears 202 only with its job stored and queued. Rows
+/// written by one transaction share its `xmin`.
+#[tokio::test]
+async fn concurrent_single_submissions_share_transactions() {
+    let app = app().spawn().await;
+    let n = 40;
+    let answers = futures::future::join_all((0..n).map(|i| app.post_job(json!({"payload": {"i": i}})))).await;
+    let mut ids = Vec::new();
+    for r in answers {
+        assert_eq!(r.status(), 202);
+        ids.push(r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned());
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), n, "one job per submission");
+    let transactions: i64 = sqlx::query_scalar("SELECT count(DISTINCT xmin::text) FROM jobs")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert!(
+        transactions <= n as i64 / 2,
+        "{transactions} transactions for {n} concurrent submissions"
+    );
+    let mut queued: Vec<String> = app.receive_all(60).await;
+    queued.sort();
+    assert_eq!(queued, ids, "every job's id is queued");
+}
+
 #[tokio::test]
 async fn a_batch_validates_stores_and_queues_each_item_in_order() {
     let app = app().spawn().await;
