@@ -96,14 +96,14 @@ const WINDOW_MARGIN: Duration = Duration::from_secs(30);
 /// its message afterwards. A receipt that runs out all the same costs
 /// nothing but requests: the message shows again, is received again, and
 /// is deleted or taken in as its job's state says.
-const RECEIPT_MARGIN: Duration = Duration::from_secs(20);
+const RECEIPT_MARGIN: Duration = Duration::from_secs(15);
 /// How often each replica extends the visibility of the window's messages
 /// that are about to become too short for a reservation
 /// ([`extend_window`]).
 pub const EXTEND_EVERY: Duration = Duration::from_secs(5);
 /// How long before its receipt becomes too short to reserve the job a
-/// waiting message is extended: three sweeps' worth.
-const EXTEND_AHEAD: Duration = Duration::from_secs(15);
+/// waiting message is extended: two sweeps' worth.
+const EXTEND_AHEAD: Duration = Duration::from_secs(10);
 /// The share of `DRAIN_BUDGET_MS` a drain with no free slot may spend taking
 /// messages into the window (so that other keys' jobs behind a backlog are
 /// seen before slots free up).

@@ -13,7 +13,7 @@ pub fn made_up_receipt(id: Uuid) -> String {
 /// The usual made-up window times, as a drain has them with the test
 /// config's 5 s dispatch timeout: messages received with a visibility of
 /// 65 s (the dispatch lease), extended to five minutes while they wait, a
-/// 25 s receipt margin, and
+/// 20 s receipt margin, and
 /// `WINDOW_KEYS` keys looked at per reservation, as in a drain. Change a
 /// field with `WindowTimes { keys_per_reservation: 2, ..window_times() }`.
 pub fn window_times() -> WindowTimes {
@@ -21,7 +21,7 @@ pub fn window_times() -> WindowTimes {
         first_visibility_secs: 65.0,
         visibility_secs: 300.0,
         dispatch_lease_secs: 65.0,
-        receipt_margin_secs: 25.0,
+        receipt_margin_secs: 20.0,
         keys_per_reservation: sluicegate::drain::WINDOW_KEYS,
     }
 }

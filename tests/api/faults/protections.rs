@@ -391,9 +391,9 @@ async fn a_waiting_message_is_extended_only_when_its_receipt_runs_short() {
         0,
         "nothing runs short yet"
     );
-    // Time passes: the receipt has 30 s left, less than the 5 s dispatch
-    // timeout, the receipt margin and the sweeps ahead.
-    sqlx::query("UPDATE intake SET expires_at = now() + interval '30 seconds' WHERE job_id = $1")
+    // Time passes: the receipt has 20 s left, less than the 5 s dispatch
+    // timeout, the 15 s receipt margin and the 10 s of sweeps ahead.
+    sqlx::query("UPDATE intake SET expires_at = now() + interval '20 seconds' WHERE job_id = $1")
         .bind(id)
         .execute(&app.state.db)
         .await
