@@ -37,7 +37,12 @@ pub struct EnqueueRun {
 }
 
 /// `clients` loops posting single jobs until `deadline`: (ok, errors, latencies in ms).
-async fn single_load(http: &reqwest::Client, base: &str, clients: usize, secs: f64) -> (u64, u64, Vec<f64>, Duration) {
+pub async fn single_load(
+    http: &reqwest::Client,
+    base: &str,
+    clients: usize,
+    secs: f64,
+) -> (u64, u64, Vec<f64>, Duration) {
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(secs);
     let tasks: Vec<_> = (0..clients)

@@ -249,16 +249,17 @@ pub fn interpretation(p: &mut String, k: &Facts, s: &Settings) {
          after their submission, {:.2}× their fair-share time (2× aimed at): drains take the messages into the \
          intake window (even with every slot busy) and each freed slot goes to the key with the fewest occupied \
          slots per weight, so `b` does not wait for `a`'s backlog to be dispatched — but it waits for it to be \
-         *taken in*: the emulator hands messages out in the order they were sent, and taking in the {} ahead of \
-         `b`'s (receive, insert into the window, extend the visibility) takes about 2 s on these two cores while \
-         they also dispatch; `b`'s jobs then need about 1.1 s at 5 slots. With weights 3 and 1 `b` held {:.3} of \
-         the occupied slots: 7.5 of 10 slots cannot be held, and the rule `(live + 1) / weight` settles at 8 for \
-         `b`, the band's upper edge. The drains spent {:.3} SQS requests per completed job ({:.3} `ReceiveMessage`, \
-         {:.3} `DeleteMessageBatch`, {:.3} `ChangeMessageVisibilityBatch`): each message is received and deleted \
-         once in batches of ten (refill drains' deletes wait up to 200 ms for company), and, as its job waits \
-         in the window, has its visibility extended once in batches of ten — 0.3 with every batch full, this \
-         design's floor for jobs that wait; the rest are receives that found SQS empty (one a second once the \
-         window holds the backlog) and partial batches. ",
+         *taken in*: the emulator hands messages out in the order they were sent, so the {} ahead of `b`'s are \
+         received and written into the window first, on these two cores while they also dispatch; `b`'s jobs \
+         then need about 1 s at 5 slots. With weights 3 and 1 `b` held {:.3} of the occupied slots: a free slot \
+         goes to the key with the lowest `(live + ½) / weight`, ties at random, so `b` holds 7 or 8 of the 10 \
+         slots by turns (7.5 cannot be held). The drains spent {:.3} SQS requests per completed job ({:.3} \
+         `ReceiveMessage`, {:.3} `DeleteMessageBatch`, {:.3} `ChangeMessageVisibilityBatch`): each message is \
+         received and deleted once in batches of ten (refill drains' deletes wait up to 200 ms for company), \
+         and only a job still waiting when its first visibility (the dispatch lease, 70 s) is about to run too \
+         short to reserve it — here those of the 50 s backlog that wait longer than about 30 s — has it \
+         extended, in batches of ten; the rest are receives that found SQS empty (one a second once the window \
+         holds the backlog) and partial batches. ",
         s.fair_small,
         s.fair_big,
         med(k, "fair_small_done"),

@@ -82,5 +82,16 @@ pub fn reproduce_command(s: &Settings) -> String {
     }
     parts.extend(s.overrides.iter().cloned());
     parts.push("scripts/bench".into());
+    // `scripts/bench --baseline <commit>` names its binary `sluicegate-<commit>`.
+    if let Some(base) = crate::baseline::baseline_binary() {
+        match base
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("sluicegate-"))
+        {
+            Some(rev) => parts.push(format!("--baseline {rev}")),
+            None => parts.insert(0, format!("SLUICEGATE_BENCH_BASELINE={}", base.display())),
+        }
+    }
     parts.join(" ")
 }

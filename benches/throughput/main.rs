@@ -13,10 +13,12 @@
 //!
 //! Like the integration tests, it stands on the test kit (`testkit/`): a fresh
 //! Postgres database and SQS queue per run, the fake downstream on port 0
-//! and the real application (in this process for a–c; the release binary as
-//! a subprocess for the memory benchmark d). Every number is measured over
+//! and the real application (in this process for a–c, e and f; the release
+//! binary as a subprocess, `serve`, for the memory benchmark d and, beside a
+//! baseline binary, for g). Every number is measured over
 //! several runs and reported as median, min and max. One file per scenario
-//! (`enqueue`, `dispatch`, `utilisation`, `fairness`, `keys`, `memory`: the run, its section of
+//! (`enqueue`, `dispatch`, `utilisation`, `fairness`, `keys`, `memory`,
+//! `baseline`: the run, its section of
 //! the report and its paragraph of the interpretation); `load` holds what
 //! they share, `stats` and `cpu` the arithmetic and the CPU accounting,
 //! `machine` the facts the report opens with.
@@ -28,8 +30,10 @@
 //! (`DATABASE_POOL_SIZE` of the in-process service, 20),
 //! `SLUICEGATE_BENCH_FAIR_RUNS` (3), `SLUICEGATE_BENCH_FAIR_JOBS` (the
 //! large key's backlog in e, 5000), `SLUICEGATE_BENCH_KEYS` (jobs and keys
-//! in f, 10000),
-//! `SLUICEGATE_BENCH_ONLY` (which benchmarks, `abcdef`), `SLUICEGATE_BENCH_SMOKE`
+//! in f, 10000), `SLUICEGATE_BENCH_SIDE_JOBS` (each backlog in g, 3000),
+//! `SLUICEGATE_BENCH_BASELINE` (a release binary to run side by side with
+//! this one in g; without it g is not run),
+//! `SLUICEGATE_BENCH_ONLY` (which benchmarks, `abcdefg`), `SLUICEGATE_BENCH_SMOKE`
 //! (`1`: smaller defaults for every size above, one run each, and a failed
 //! exit if the limit was exceeded; `scripts/bench --smoke`),
 //! `SLUICEGATE_BENCH_REPORT` (where the report goes, `bench/REPORT.md`),
@@ -40,6 +44,7 @@
 //! accounting), `TEST_DATABASE_URL` (default
 //! postgres://postgres@127.0.0.1:5432/postgres).
 
+mod baseline;
 mod chart;
 mod cpu;
 mod dispatch;
@@ -49,6 +54,7 @@ mod keys;
 mod load;
 mod machine;
 mod memory;
+mod serve;
 mod stats;
 mod utilisation;
 
@@ -119,8 +125,11 @@ pub struct Settings {
     pub fair_work: Duration,
     /// Jobs (and keys) in f.
     pub scale_keys: usize,
+    /// Queued jobs of each backlog in g.
+    pub side_jobs: usize,
     pub pool: u32,
-    /// Which benchmarks to run (a, b, c, d, e, f).
+    /// Which benchmarks to run (a, b, c, d, e, f, g; g only with a
+    /// baseline binary).
     pub only: String,
     /// A smoke run (`SLUICEGATE_BENCH_SMOKE=1`, `scripts/bench --smoke`):
     /// small sizes, one run each, and a failed exit if an invariant broke.
@@ -165,7 +174,8 @@ impl Settings {
         let fair_runs = knob("SLUICEGATE_BENCH_FAIR_RUNS", small(3, 1), &mut o).max(1);
         let fair_big = knob("SLUICEGATE_BENCH_FAIR_JOBS", small(5000, 500), &mut o);
         let scale_keys = knob("SLUICEGATE_BENCH_KEYS", small(10_000, 1000), &mut o);
-        let only = knob("SLUICEGATE_BENCH_ONLY", "abcdef".to_owned(), &mut o);
+        let side_jobs = knob("SLUICEGATE_BENCH_SIDE_JOBS", small(3000, 300), &mut o);
+        let only = knob("SLUICEGATE_BENCH_ONLY", "abcdefg".to_owned(), &mut o);
         let report = knob(
             "SLUICEGATE_BENCH_REPORT",
             Path::new(env!("CARGO_MANIFEST_DIR")).join("bench").join("REPORT.md"),
@@ -193,6 +203,7 @@ impl Settings {
             fair_limit: 10,
             fair_work: Duration::from_millis(100),
             scale_keys,
+            side_jobs,
             pool,
             only,
             smoke,
@@ -414,6 +425,38 @@ async fn run() {
         eprintln!("d. memory: skipped, no release binary (scripts/bench builds it)");
     }
 
+    let baseline = baseline::baseline_binary();
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    match (&binary, &baseline, s.only.contains('g')) {
+        (Some((bin, _)), Some(base), true) => {
+            eprintln!(
+                "g. side by side: {} pairs, {} and {}",
+                s.runs,
+                bin.display(),
+                base.display()
+            );
+            for i in 0..s.runs {
+                // The binaries alternate which goes first.
+                let mut pair = [(bin.as_path(), "ours"), (base.as_path(), "base")];
+                if i % 2 == 1 {
+                    pair.reverse();
+                }
+                for (b, who) in pair {
+                    let r = baseline::side_run(&infra, &s, b, &format!("{who}-{i}")).await;
+                    eprintln!("   run {} ({who}): {r:?}", i + 1);
+                    if who == "ours" {
+                        ours.push(r);
+                    } else {
+                        theirs.push(r);
+                    }
+                }
+            }
+        }
+        (_, None, true) => eprintln!("g. side by side: no baseline (SLUICEGATE_BENCH_BASELINE)"),
+        (None, _, true) => eprintln!("g. side by side: skipped, no release binary"),
+        _ => eprintln!("g. side by side: not asked for (SLUICEGATE_BENCH_ONLY)"),
+    }
+
     let mut facts = facts;
     facts.push((
         "load average at the end (1/5/15 min)",
@@ -432,6 +475,7 @@ async fn run() {
         &scale,
         &mem,
         binary.as_ref(),
+        (&ours, &theirs, baseline.as_deref()),
         started.elapsed(),
     );
     let path = &s.report;
@@ -523,6 +567,7 @@ fn render(
     scale: &[keys::KeysRun],
     mem: &[MemRun],
     binary: Option<&(PathBuf, bool)>,
+    side: (&[baseline::SideRun], &[baseline::SideRun], Option<&Path>),
     took: Duration,
 ) -> String {
     let mut o = String::new();
@@ -550,7 +595,8 @@ fn render(
          Knobs: `SLUICEGATE_BENCH_RUNS`, `SLUICEGATE_BENCH_ENQUEUE_SECS`, `SLUICEGATE_BENCH_DISPATCH_JOBS`, \
          `SLUICEGATE_BENCH_UTIL_JOBS`, `SLUICEGATE_BENCH_MEM_JOBS`, `SLUICEGATE_BENCH_MEM_RUNS`, \
          `SLUICEGATE_BENCH_POOL`, `SLUICEGATE_BENCH_FAIR_RUNS`, `SLUICEGATE_BENCH_FAIR_JOBS`, `SLUICEGATE_BENCH_KEYS`, \
-         `SLUICEGATE_BENCH_ONLY` (see the top of `benches/throughput/main.rs`).\n",
+         `SLUICEGATE_BENCH_SIDE_JOBS`, `SLUICEGATE_BENCH_BASELINE`, `SLUICEGATE_BENCH_ONLY` (see the top of \
+         `benches/throughput/main.rs`).\n",
         reproduce_command(s)
     );
 
@@ -571,6 +617,7 @@ fn render(
     );
 
     memory::section(&mut o, &mut k, s, mem, binary);
+    baseline::section(&mut o, &mut k, s, side.0, side.1, side.2);
 
     let _ = writeln!(o, "\n## Interpretation\n\n{}", interpretation(&k, s));
     o
@@ -588,5 +635,6 @@ fn interpretation(k: &Facts, s: &Settings) -> String {
     fairness::interpretation(&mut p, k, s);
     keys::interpretation(&mut p, k, s);
     memory::interpretation(&mut p, k, s);
+    baseline::interpretation(&mut p, k);
     p.trim_end().to_owned()
 }

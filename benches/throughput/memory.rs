@@ -4,13 +4,10 @@
 use std::{
     fmt::Write as _,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use sluicegate_testkit::{
-    API_TOKEN, CALLBACK_SECRET, DRAIN_TOKEN, Downstream, FakeDownstream, TestDb, Work, create_queue, sqs_client,
-};
+use sluicegate_testkit::{API_TOKEN, Downstream, FakeDownstream, Work};
 use sqlx::{Connection, PgConnection};
 
 use crate::{
@@ -19,6 +16,7 @@ use crate::{
     keep,
     load::{DrainTicker, enqueue_backlog},
     med,
+    serve::{proc_status_kib, serve},
     stats::{TABLE_HEAD, percentile, row},
 };
 
@@ -40,18 +38,6 @@ pub struct MemRun {
     pub cpu_drain: CpuUse,
 }
 
-fn proc_status_kib(pid: u32, field: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<f64>().ok())
-        })
-        .unwrap_or(f64::NAN)
-}
-
 /// Median of 9 `GET /stats` calls, in ms.
 async fn stats_latency_ms(http: &reqwest::Client, base: &str) -> f64 {
     let mut lat = Vec::new();
@@ -70,25 +56,6 @@ async fn stats_latency_ms(http: &reqwest::Client, base: &str) -> f64 {
     percentile(&mut lat, 50.0)
 }
 
-/// Kills the subprocess if the bench unwinds before stopping it.
-struct ChildGuard(Option<Child>);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 pub async fn memory_run(infra: &Infra, s: &Settings, bin: &Path, run: usize) -> MemRun {
     let ds = Downstream::start_with(
         FakeDownstream::builder()
@@ -96,57 +63,20 @@ pub async fn memory_run(infra: &Infra, s: &Settings, bin: &Path, run: usize) -> 
             .record(false),
     )
     .await;
-    let db = TestDb::create().await;
-    let db_url = db.url.clone();
-    let sqs = sqs_client(&infra.sqs_endpoint);
-    let queue_url = create_queue(&sqs).await;
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let log_path = std::env::temp_dir().join(format!("sluicegate-bench-serve-{}-{run}.log", std::process::id()));
-    let log = std::fs::File::create(&log_path).expect("a log file");
-    let mut cmd = Command::new(bin);
-    cmd.arg("serve")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", std::env::var("HOME").unwrap_or_else(|_| "/tmp".into()))
-        .env("DATABASE_URL", &db_url)
-        .env("SQS_QUEUE_URL", &queue_url)
-        .env("AWS_ENDPOINT_URL", &infra.sqs_endpoint)
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("DOWNSTREAM_URL", &ds.url)
-        .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
-        .env("MAX_CONCURRENCY", s.mem_limit.to_string())
-        .env("REFILL_ON_CALLBACK", "true")
-        .env("MAX_IN_FLIGHT_REQUESTS", "8192")
-        .env("API_TOKENS", API_TOKEN)
-        .env("DRAIN_TOKEN", DRAIN_TOKEN)
-        .env("CALLBACK_SECRET", CALLBACK_SECRET)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log);
-    let mut guard = ChildGuard(Some(cmd.spawn().expect("start the release binary")));
-    let pid = guard.0.as_ref().expect("child").id();
+    let served = serve(
+        infra,
+        bin,
+        &ds.url,
+        &[
+            ("MAX_CONCURRENCY", s.mem_limit.to_string()),
+            ("REFILL_ON_CALLBACK", "true".into()),
+            ("MAX_IN_FLIGHT_REQUESTS", "8192".into()),
+        ],
+        &format!("memory-{run}"),
+    )
+    .await;
+    let (pid, base, db_url) = (served.pid, served.base.clone(), served.db_url.clone());
     let http = &infra.http;
-    let up = Instant::now();
-    loop {
-        if let Ok(r) = http.get(format!("{base}/healthz")).send().await {
-            if r.status().is_success() {
-                break;
-            }
-        }
-        if let Some(status) = guard.0.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            panic!("sluicegate serve exited with {status}:\n{log}");
-        }
-        assert!(
-            up.elapsed() < Duration::from_secs(60),
-            "sluicegate serve did not come up"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     // Idle after start (migrations done, pools lazily opened).
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mib = |kib: f64| kib / 1024.0;
@@ -201,22 +131,7 @@ pub async fn memory_run(infra: &Infra, s: &Settings, bin: &Path, run: usize) -> 
         max_held: ds.counters().max_held(),
         cpu_drain,
     };
-    // Graceful stop (SIGTERM), as in production.
-    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
-    let stopped = Instant::now();
-    if let Some(c) = guard.0.as_mut() {
-        while stopped.elapsed() < Duration::from_secs(20) {
-            if c.try_wait().ok().flatten().is_some() {
-                guard.0 = None;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    drop(guard);
-    let _ = std::fs::remove_file(&log_path);
-    let _ = sqs.delete_queue().queue_url(&queue_url).send().await;
-    let _ = tokio::task::spawn_blocking(move || drop(db)).await;
+    served.stop().await;
     r
 }
 
