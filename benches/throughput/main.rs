@@ -18,7 +18,7 @@
 //! baseline binary, for g). Every number is measured over
 //! several runs and reported as median, min and max. One file per scenario
 //! (`enqueue`, `dispatch`, `utilisation`, `fairness`, `keys`, `memory`,
-//! `baseline`: the run, its section of
+//! `baseline`, `replicas`: the run, its section of
 //! the report and its paragraph of the interpretation); `load` holds what
 //! they share, `stats` and `cpu` the arithmetic and the CPU accounting,
 //! `machine` the facts the report opens with.
@@ -33,7 +33,7 @@
 //! in f, 10000), `SLUICEGATE_BENCH_SIDE_JOBS` (each backlog in g, 3000),
 //! `SLUICEGATE_BENCH_BASELINE` (a release binary to run side by side with
 //! this one in g; without it g is not run),
-//! `SLUICEGATE_BENCH_ONLY` (which benchmarks, `abcdefg`), `SLUICEGATE_BENCH_SMOKE`
+//! `SLUICEGATE_BENCH_ONLY` (which benchmarks, `abcdefgh`), `SLUICEGATE_BENCH_SMOKE`
 //! (`1`: smaller defaults for every size above, one run each, and a failed
 //! exit if the limit was exceeded; `scripts/bench --smoke`),
 //! `SLUICEGATE_BENCH_REPORT` (where the report goes, `bench/REPORT.md`),
@@ -54,6 +54,7 @@ mod keys;
 mod load;
 mod machine;
 mod memory;
+mod replicas;
 mod serve;
 mod stats;
 mod utilisation;
@@ -128,7 +129,7 @@ pub struct Settings {
     /// Queued jobs of each backlog in g.
     pub side_jobs: usize,
     pub pool: u32,
-    /// Which benchmarks to run (a, b, c, d, e, f, g; g only with a
+    /// Which benchmarks to run (a, b, c, d, e, f, g, h; g only with a
     /// baseline binary).
     pub only: String,
     /// A smoke run (`SLUICEGATE_BENCH_SMOKE=1`, `scripts/bench --smoke`):
@@ -175,7 +176,7 @@ impl Settings {
         let fair_big = knob("SLUICEGATE_BENCH_FAIR_JOBS", small(5000, 500), &mut o);
         let scale_keys = knob("SLUICEGATE_BENCH_KEYS", small(10_000, 1000), &mut o);
         let side_jobs = knob("SLUICEGATE_BENCH_SIDE_JOBS", small(3000, 300), &mut o);
-        let only = knob("SLUICEGATE_BENCH_ONLY", "abcdefg".to_owned(), &mut o);
+        let only = knob("SLUICEGATE_BENCH_ONLY", "abcdefgh".to_owned(), &mut o);
         let report = knob(
             "SLUICEGATE_BENCH_REPORT",
             Path::new(env!("CARGO_MANIFEST_DIR")).join("bench").join("REPORT.md"),
@@ -400,6 +401,14 @@ async fn run() {
         scale.push(r);
     }
 
+    eprintln!("h. replicas: {} runs of 1, 2 and 4 replicas", runs('h'));
+    let mut reps = Vec::new();
+    for i in 0..runs('h') {
+        let r = replicas::replicas_run(&infra, &s).await;
+        eprintln!("   run {}: {:?} jobs/s, max held {}", i + 1, r.jobs_per_s, r.max_held);
+        reps.push(r);
+    }
+
     let mut mem = Vec::new();
     if let (Some((bin, _)), true) = (&binary, s.only.contains('d')) {
         eprintln!(
@@ -473,6 +482,7 @@ async fn run() {
         &naive,
         &fair,
         &scale,
+        &reps,
         &mem,
         binary.as_ref(),
         (&ours, &theirs, baseline.as_deref()),
@@ -517,7 +527,7 @@ async fn run() {
         // The invariants a smoke run stands for (each scenario also asserts
         // its own: every job done, every drain and reservation filled).
         assert!(
-            limit_held(&s, &dis, &sluice, &naive, &fair, &mem),
+            limit_held(&s, &dis, &sluice, &naive, &fair, &reps, &mem),
             "smoke: the downstream held more jobs than the limit"
         );
         eprintln!("smoke: the limit held in every scenario");
@@ -531,6 +541,7 @@ fn limit_held(
     sluice: &[UtilRun],
     naive: &[UtilRun],
     fair: &[FairRun],
+    reps: &[replicas::ReplicasRun],
     mem: &[MemRun],
 ) -> bool {
     dis.iter()
@@ -541,6 +552,7 @@ fn limit_held(
             .chain(naive)
             .all(|r| r.max_held <= i64::from(s.util_limit))
         && mem.iter().all(|r| r.max_held <= i64::from(s.mem_limit))
+        && reps.iter().all(|r| r.max_held <= i64::from(s.dispatch_limit))
 }
 
 /// Named summaries, for the interpretation.
@@ -565,6 +577,7 @@ fn render(
     naive: &[UtilRun],
     fair: &[FairRun],
     scale: &[keys::KeysRun],
+    reps: &[replicas::ReplicasRun],
     mem: &[MemRun],
     binary: Option<&(PathBuf, bool)>,
     side: (&[baseline::SideRun], &[baseline::SideRun], Option<&Path>),
@@ -605,10 +618,11 @@ fn render(
     utilisation::section(&mut o, &mut k, s, sluice, naive);
     fairness::section(&mut o, &mut k, s, fair);
     keys::section(&mut o, &mut k, s, scale);
-    let limit_ok = limit_held(s, dis, sluice, naive, fair, mem);
+    replicas::section(&mut o, &mut k, s, reps);
+    let limit_ok = limit_held(s, dis, sluice, naive, fair, reps, mem);
     let _ = writeln!(
         o,
-        "\nThe downstream's own count never exceeded the limit in any run of b, c, d and e: **{}**.",
+        "\nThe downstream's own count never exceeded the limit in any run of b, c, d, e and h: **{}**.",
         if limit_ok {
             "yes"
         } else {
@@ -634,6 +648,7 @@ fn interpretation(k: &Facts, s: &Settings) -> String {
     utilisation::interpretation(&mut p, k, s);
     fairness::interpretation(&mut p, k, s);
     keys::interpretation(&mut p, k, s);
+    replicas::interpretation(&mut p, k);
     memory::interpretation(&mut p, k, s);
     baseline::interpretation(&mut p, k);
     p.trim_end().to_owned()
