@@ -93,11 +93,13 @@ async fn backlog(infra: &Infra, bin: &Path, work: Duration, jobs: usize, tag: &s
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let cpu = infra.cpu.since(cpu0, Some(served.pid));
+    // `since` gives cores over the interval up to now.
+    let cpu_secs = cpu.child * t0.elapsed().as_secs_f64();
     let secs = (ds.counters().last_done().unwrap_or_else(Instant::now) - t0).as_secs_f64();
     ticker.stop().await;
     served.stop().await;
     let held_share = held_sum / samples.max(1) as f64 / f64::from(LIMIT);
-    let cpu_ms_per_job = cpu.child * t0.elapsed().as_secs_f64() * 1e3 / jobs as f64;
+    let cpu_ms_per_job = cpu_secs * 1e3 / jobs as f64;
     (held_share, jobs as f64 / secs, cpu_ms_per_job)
 }
 
