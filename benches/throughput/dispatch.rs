@@ -64,7 +64,10 @@ pub async fn dispatch_run(infra: &Infra, s: &Settings) -> DispatchRun {
     run
 }
 
-async fn dispatch_once(infra: &Infra, s: &Settings, keys: Option<usize>) -> DispatchRun {
+/// b's downstream (it accepts at once and calls back after
+/// `dispatch_work`) and its service settings (limit `dispatch_limit`,
+/// refill on callback); h uses them too.
+pub async fn dispatch_setup(s: &Settings) -> (Downstream, impl Fn(&mut Config) + Clone + Send + 'static) {
     let ds = Downstream::start_with(
         FakeDownstream::builder()
             .work(Work::Fixed(s.dispatch_work))
@@ -76,6 +79,11 @@ async fn dispatch_once(infra: &Infra, s: &Settings, keys: Option<usize>) -> Disp
         c.max_concurrency = limit;
         c.refill_on_callback = true;
     };
+    (ds, configure)
+}
+
+async fn dispatch_once(infra: &Infra, s: &Settings, keys: Option<usize>) -> DispatchRun {
+    let (ds, configure) = dispatch_setup(s).await;
     let http = &infra.http;
     let n = s.dispatch_jobs;
     // Queue the backlog with one instance, then measure with a fresh one, so

@@ -9,11 +9,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sluicegate::config::Config;
-use sluicegate_testkit::{Downstream, FakeDownstream, Work};
-
 use crate::{
-    Facts, Infra, Settings, keep,
+    Facts, Infra, Settings,
+    dispatch::dispatch_setup,
+    keep,
     load::{DrainTicker, dispose, enqueue_backlog, start_app},
     med,
     stats::TABLE_HEAD,
@@ -33,17 +32,7 @@ pub struct ReplicasRun {
 pub async fn replicas_run(infra: &Infra, s: &Settings) -> ReplicasRun {
     let mut run = ReplicasRun::default();
     for (i, &n_replicas) in REPLICAS.iter().enumerate() {
-        let ds = Downstream::start_with(
-            FakeDownstream::builder()
-                .work(Work::Fixed(s.dispatch_work))
-                .record(false),
-        )
-        .await;
-        let limit = s.dispatch_limit;
-        let configure = move |c: &mut Config| {
-            c.max_concurrency = limit;
-            c.refill_on_callback = true;
-        };
+        let (ds, configure) = dispatch_setup(s).await;
         let n = s.dispatch_jobs;
         let mut first = start_app(infra, s, &ds.url, configure).await;
         enqueue_backlog(&infra.http, &first.base, n, "replicas").await;
