@@ -432,8 +432,9 @@ enum Ask {
     Receive(usize),
 }
 
-/// With free slots, receive for them (a long poll only when the window had
-/// nothing left that may go). Without, keep taking messages into the window
+/// With free slots, fill them from the window when as many jobs wait there;
+/// otherwise receive for them and a refill's worth ahead (a long poll only
+/// when the window had nothing left that may go). Without, keep taking messages into the window
 /// while `intake_open` (this drain's intake share of its budget, and SQS not
 /// found empty in the last [`INTAKE_IDLE`]): other keys' jobs may wait behind
 /// a backlog. A full window takes no more: jobs further back in SQS are seen
@@ -449,12 +450,15 @@ fn next_ask(gate: &store::GateState, intake_open: bool, found_empty: bool, long_
         Ask::Nothing
     } else if long_poll_next {
         Ask::LongPoll
-    } else if free > 0 && gate.waiting && !intake_open {
-        // SQS came back empty a moment ago (or this drain has spent its
-        // intake share) and jobs wait in the window: no receive per freed
-        // slot. If none of them may go now, the long poll settles it.
+    } else if free > 0 && gate.waiting > 0 && (!intake_open || gate.waiting >= free) {
+        // Jobs wait in the window: a freed slot is filled from it at once,
+        // without waiting for an SQS round trip (the window is topped up on
+        // the next turn, while no slot is free), and not at all while SQS
+        // came back empty a moment ago or this drain has spent its intake
+        // share (no receive per freed slot). If none of the waiting jobs may
+        // go now, the long poll settles it.
         Ask::Nothing
-    } else if free == 0 && found_empty {
+    } else if found_empty {
         // SQS was empty the last time: one receive to see whether it still
         // is (not ten empty ones a second).
         Ask::Receive(1)
@@ -463,7 +467,12 @@ fn next_ask(gate: &store::GateState, intake_open: bool, found_empty: bool, long_
         // reaches the window (and the keys behind it are seen) quickly.
         Ask::Receive(((WINDOW_MAX - gate.window) as usize / SQS_BATCH).clamp(1, INTAKE_RECEIVES))
     } else {
-        Ask::Receive(1)
+        // Fewer jobs wait than slots are free: receive for the free slots
+        // and for a refill's worth ahead (the limit), less what waits, in
+        // receives of ten sent at once, so that the next freed slots find
+        // their jobs in the window.
+        let want = free + i64::from(gate.limit) - gate.waiting;
+        Ask::Receive((want.max(1) as usize).div_ceil(SQS_BATCH).clamp(1, INTAKE_RECEIVES))
     }
 }
 
@@ -847,6 +856,7 @@ async fn dispatch(state: &AppState, job: Reserved, held: store::Receipt) -> Fini
         heartbeat_url: format!("{base}/jobs/{id}/heartbeat"),
         callback_token: callback_token::issue(&state.config.callback_secret, job.attempt),
     };
+    state.issued.record(job.attempt);
     crate::fault!("drain-after-reserve");
     let outcome = state.downstream.submit(&submission).await;
     if matches!(outcome, Outcome::Accepted(_)) {
@@ -991,7 +1001,7 @@ mod tests {
         }
     }
 
-    fn gate(limit: i32, live: i64, window: i64, waiting: bool) -> store::GateState {
+    fn gate(limit: i32, live: i64, window: i64, waiting: i64) -> store::GateState {
         store::GateState {
             limit,
             live,
@@ -1002,42 +1012,52 @@ mod tests {
     }
 
     #[test]
-    fn free_slots_are_received_for_unless_sqs_was_just_found_empty_and_jobs_wait_in_the_window() {
-        // Nothing waits: receive for the free slots, intake open or not.
-        assert_eq!(next_ask(&gate(10, 5, 0, false), true, false, false), Ask::Receive(1));
-        assert_eq!(next_ask(&gate(10, 5, 0, false), false, false, false), Ask::Receive(1));
+    fn free_slots_are_filled_from_the_window_first_and_received_for_with_a_refill_ahead() {
+        // Nothing waits: receive for the 5 free slots and the limit ahead
+        // (15 messages: two receives), intake open or not.
+        assert_eq!(next_ask(&gate(10, 5, 0, 0), true, false, false), Ask::Receive(2));
+        assert_eq!(next_ask(&gate(10, 5, 0, 0), false, false, false), Ask::Receive(2));
         // Only reserved rows in the window: they cannot fill a slot.
-        assert_eq!(next_ask(&gate(10, 5, 5, false), false, false, false), Ask::Receive(1));
-        // Jobs wait: SQS is asked while the intake is open, not after an
+        assert_eq!(next_ask(&gate(10, 5, 5, 0), false, false, false), Ask::Receive(2));
+        // Limit 50, all free, 12 wait: 88 more, nine receives at once.
+        assert_eq!(next_ask(&gate(50, 0, 12, 12), true, false, false), Ask::Receive(9));
+        // Never more than INTAKE_RECEIVES at once.
+        assert_eq!(
+            next_ask(&gate(500, 0, 0, 0), true, false, false),
+            Ask::Receive(INTAKE_RECEIVES)
+        );
+        // As many wait as slots are free: no SQS round trip before they go.
+        assert_eq!(next_ask(&gate(10, 5, 50, 5), true, false, false), Ask::Nothing);
+        assert_eq!(next_ask(&gate(10, 5, 50, 20), true, false, false), Ask::Nothing);
+        // Fewer wait: SQS is asked while the intake is open, not after an
         // empty receive (one request per freed slot otherwise).
-        assert_eq!(next_ask(&gate(10, 5, 50, true), true, false, false), Ask::Receive(1));
-        assert_eq!(next_ask(&gate(10, 5, 50, true), false, false, false), Ask::Nothing);
+        assert_eq!(next_ask(&gate(10, 5, 50, 3), true, false, false), Ask::Receive(2));
+        assert_eq!(next_ask(&gate(10, 5, 50, 3), false, false, false), Ask::Nothing);
         // The window had nothing that may go: the long poll settles it.
-        assert_eq!(next_ask(&gate(10, 5, 50, true), false, false, true), Ask::LongPoll);
+        assert_eq!(next_ask(&gate(10, 5, 50, 20), false, false, true), Ask::LongPoll);
+        assert_eq!(next_ask(&gate(10, 5, 50, 20), true, false, true), Ask::LongPoll);
     }
 
     #[test]
     fn without_free_slots_a_drain_only_takes_messages_in_while_its_intake_is_open() {
-        assert_eq!(next_ask(&gate(10, 10, 0, false), false, false, false), Ask::Stop);
+        assert_eq!(next_ask(&gate(10, 10, 0, 0), false, false, false), Ask::Stop);
         assert_eq!(
-            next_ask(&gate(10, 10, 0, false), true, false, false),
+            next_ask(&gate(10, 10, 0, 0), true, false, false),
             Ask::Receive(INTAKE_RECEIVES)
         );
         // Nearly full window: only what fits.
         assert_eq!(
-            next_ask(&gate(10, 10, WINDOW_MAX - 25, true), true, false, false),
+            next_ask(&gate(10, 10, WINDOW_MAX - 25, 20), true, false, false),
             Ask::Receive(2)
         );
         // Full window: nothing more, with or without free slots.
-        assert_eq!(next_ask(&gate(10, 10, WINDOW_MAX, true), true, false, false), Ask::Stop);
-        assert_eq!(
-            next_ask(&gate(10, 5, WINDOW_MAX, true), true, false, false),
-            Ask::Nothing
-        );
+        assert_eq!(next_ask(&gate(10, 10, WINDOW_MAX, 20), true, false, false), Ask::Stop);
+        assert_eq!(next_ask(&gate(10, 5, WINDOW_MAX, 20), true, false, false), Ask::Nothing);
         // SQS was empty the last time: one receive to see if it still is.
-        assert_eq!(next_ask(&gate(10, 10, 0, false), true, true, false), Ask::Receive(1));
+        assert_eq!(next_ask(&gate(10, 10, 0, 0), true, true, false), Ask::Receive(1));
+        assert_eq!(next_ask(&gate(10, 5, 0, 0), true, true, false), Ask::Receive(1));
         // Paused: nothing is taken in.
-        assert_eq!(next_ask(&gate(0, 0, 0, false), true, false, false), Ask::Stop);
+        assert_eq!(next_ask(&gate(0, 0, 0, 0), true, false, false), Ask::Stop);
     }
 
     #[test]

@@ -163,8 +163,9 @@ pub struct GateState {
     pub busy: bool,
     /// Messages in the intake window (counted up to the `window_max` asked).
     pub window: i64,
-    /// Whether any of them waits for a slot (is not reserved).
-    pub waiting: bool,
+    /// How many of them wait for a slot (neither reserved nor pending),
+    /// counted up to twice the limit (all a drain's ask needs to know).
+    pub waiting: i64,
 }
 
 pub async fn gate_state(ex: impl PgExecutor<'_>, window_max: i64) -> sqlx::Result<GateState> {
@@ -173,7 +174,8 @@ pub async fn gate_state(ex: impl PgExecutor<'_>, window_max: i64) -> sqlx::Resul
         r#"SELECT max_concurrency AS "limit!", coalesce(busy_until > now(), false) AS "busy!",
                   (SELECT count(*) FROM jobs WHERE status = ANY(live_statuses())) AS "live!",
                   (SELECT count(*) FROM (SELECT 1 FROM intake WHERE expires_at > now() LIMIT $1) w) AS "window!",
-                  EXISTS (SELECT 1 FROM intake WHERE NOT reserved AND expires_at > now()) AS "waiting!"
+                  (SELECT count(*) FROM (SELECT 1 FROM intake WHERE NOT reserved AND NOT pending AND expires_at > now()
+                                         LIMIT 2 * max_concurrency) w) AS "waiting!"
            FROM gate"#,
         window_max
     )
@@ -903,7 +905,6 @@ pub struct Offer<'a> {
 /// found by a loose index scan), so a reservation costs the same whatever
 /// the backlog of one key.
 pub async fn reserve(pool: &PgPool, offers: &[Offer<'_>], window: &WindowTimes, max: i64) -> sqlx::Result<Reservation> {
-    let mut tx = pool.begin().await?;
     // The argument below needs READ COMMITTED whatever the server's default
     // (under REPEATABLE READ the count would miss reservations committed
     // while this one waited for the lock).
@@ -913,14 +914,15 @@ pub async fn reserve(pool: &PgPool, offers: &[Offer<'_>], window: &WindowTimes, 
     // most `max` rows, and joined it to `jobs` and `intake` by hash, reading
     // every row of both: 18 ms per reservation with 10,000 queued jobs
     // (EXPLAIN ANALYZE), growing with the tables. Every join here is a few
-    // rows against a primary key, so nested loops it is: 0.7 ms. All the
-    // settings in one round trip (no arguments: the simple query protocol).
-    sqlx::Executor::execute(
-        &mut *tx,
-        "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; SET LOCAL plan_cache_mode = force_generic_plan; \
-         SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off",
-    )
-    .await?;
+    // rows against a primary key, so nested loops it is: 0.7 ms. The BEGIN
+    // and all the settings in one round trip (no arguments: the simple
+    // query protocol).
+    let mut tx = pool
+        .begin_with(
+            "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL plan_cache_mode = force_generic_plan; \
+             SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off",
+        )
+        .await?;
     // Statement 1 takes the lock (and reads the latest Retry-After); the
     // next ones start after it is granted, so their snapshots see every
     // reservation committed before.
