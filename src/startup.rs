@@ -96,6 +96,7 @@ impl Application {
             groups: Arc::default(),
             intake: Arc::default(),
             keys_with_gauges: Arc::default(),
+            issued: Arc::default(),
             postgres: Default::default(),
             shutdown: CancellationToken::new(),
         };

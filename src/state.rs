@@ -31,6 +31,9 @@ pub struct AppState {
     pub intake: Arc<crate::drain::Intake>,
     /// Keys given gauges by the sampler (`metrics::sample`).
     pub keys_with_gauges: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
+    /// The attempts of the callback tokens this replica issued lately (a
+    /// hint that spares a callback one read).
+    pub issued: Arc<crate::callback_token::Issued>,
     /// Whether Postgres is down (kept by `pg_watch`).
     pub postgres: crate::pg_watch::PgHealth,
     /// Cancelled when the process shuts down.

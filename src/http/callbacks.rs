@@ -39,8 +39,46 @@ pub const CALLBACK_TOKEN_GRACE: chrono::TimeDelta = chrono::TimeDelta::hours(1);
 /// while the job is live or ended less than [`CALLBACK_TOKEN_GRACE`] ago.
 /// Anything else, an unknown job or a malformed id included, is 401: the
 /// answer never tells whether a job exists.
+///
+/// When this replica issued the job's last token (`AppState::issued`, a
+/// hint) and the token matches that attempt, the job is not read first: the
+/// handler's statement is fenced by the attempt anyway, and only if it
+/// changes nothing is the job read, to tell a stale or expired token (401)
+/// from a job in another state ([`CallbackCaller::confirm`]).
 pub struct CallbackCaller {
     pub attempt: AttemptRef,
+    /// The token, while it is checked against the hint only.
+    unconfirmed: Option<String>,
+}
+
+impl CallbackCaller {
+    /// Checks the token against the job as Postgres has it now, if that has
+    /// not been done yet: the current attempt, and the grace after its end.
+    pub async fn confirm(&self, state: &AppState) -> Result<(), ApiError> {
+        match &self.unconfirmed {
+            None => Ok(()),
+            Some(token) => checked(state, self.attempt.job, token).await.map(|_| ()),
+        }
+    }
+}
+
+/// The job's current attempt, if `token` is its token and the job is live or
+/// ended within the grace; else 401.
+async fn checked(state: &AppState, id: Uuid, token: &str) -> Result<AttemptRef, ApiError> {
+    let denied = ApiError::Unauthorized { invalid_token: true };
+    let Some(job) = store::credential_state(&state.db, id).await? else {
+        return Err(denied);
+    };
+    if job.attempt.attempt < 1 || !callback_token::verify(&state.config.callback_secret, job.attempt, token) {
+        return Err(denied);
+    }
+    if job
+        .finished_at
+        .is_some_and(|at| chrono::Utc::now() - at > CALLBACK_TOKEN_GRACE)
+    {
+        return Err(denied);
+    }
+    Ok(job.attempt)
 }
 
 impl FromRequestParts<AppState> for CallbackCaller {
@@ -58,19 +96,19 @@ impl FromRequestParts<AppState> for CallbackCaller {
         let Ok(id) = Uuid::parse_str(&raw) else {
             return Err(denied);
         };
-        let Some(job) = store::credential_state(&state.db, id).await? else {
-            return Err(denied);
-        };
-        if job.attempt.attempt < 1 || !callback_token::verify(&state.config.callback_secret, job.attempt, &token) {
-            return Err(denied);
-        }
-        if job
-            .finished_at
-            .is_some_and(|at| chrono::Utc::now() - at > CALLBACK_TOKEN_GRACE)
+        if let Some(attempt) = state.issued.get(id)
+            && callback_token::verify(&state.config.callback_secret, attempt, &token)
         {
-            return Err(denied);
+            return Ok(CallbackCaller {
+                attempt,
+                unconfirmed: Some(token),
+            });
         }
-        Ok(CallbackCaller { attempt: job.attempt })
+        let attempt = checked(state, id, &token).await?;
+        Ok(CallbackCaller {
+            attempt,
+            unconfirmed: None,
+        })
     }
 }
 
@@ -146,11 +184,13 @@ pub async fn callback(
     if let Some(job) = store::transition(&state.db, id, &t).await? {
         crate::fault!("callback-after-update");
         metrics::counter!(crate::metrics::JOBS_FINISHED, "status" => to.as_str()).increment(1);
+        state.issued.forget(id);
         if state.config.refill_on_callback {
             state.refill.notify_one();
         }
         return Ok(Json(job));
     }
+    caller.confirm(&state).await?;
     let job = store::get_job(&state.db, id)
         .await?
         .ok_or(ApiError::Unauthorized { invalid_token: true })?;
@@ -182,6 +222,7 @@ pub async fn heartbeat(State(state): State<AppState>, caller: CallbackCaller) ->
     if let Some(job) = store::heartbeat(&state.db, caller.attempt).await? {
         return Ok(Json(job));
     }
+    caller.confirm(&state).await?;
     let status = store::status_of(&state.db, caller.attempt.job)
         .await?
         .map_or("gone", JobStatus::as_str);

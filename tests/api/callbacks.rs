@@ -96,6 +96,41 @@ async fn callback_tokens_open_one_job_at_its_current_attempt_only() {
     );
 }
 
+/// A replica checks a callback's token against the attempt it last issued a
+/// token for, without reading the job; the job may have moved on to a later
+/// attempt on another replica since. The earlier attempt's token must still
+/// be refused there (401), not taken for a callback of a job in another
+/// state (409), and the current token accepted.
+#[tokio::test]
+async fn a_replica_that_dispatched_an_earlier_attempt_refuses_its_token_once_another_replica_dispatched_the_next() {
+    let ds = Downstream::start(|_| Reply::status(500)).await;
+    let a = app().downstream(&ds.url).spawn().await;
+    let b = a.replica().await;
+    let id = a.submit(json!(1)).await["id"].as_str().unwrap().to_owned();
+    a.drain().await;
+    let first = ds.token_for(&id);
+    ds.set(|_| Reply::status(202));
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            b.drain().await;
+            ds.seen().iter().any(|s| s.attempt == 2)
+        })
+        .await
+    );
+    let second = ds.token_for(&id);
+    assert_eq!(b.status_of(&id).await, "running");
+    for token in [first.as_str(), API_TOKEN] {
+        assert_problem(a.callback(&id, token, json!({"status": "succeeded"})).await, 401).await;
+        assert_problem(a.heartbeat(&id, token).await, 401).await;
+    }
+    assert_eq!(a.status_of(&id).await, "running");
+    assert_eq!(a.heartbeat(&id, &second).await.status(), 200);
+    assert_eq!(
+        a.callback(&id, &second, json!({"status": "succeeded"})).await.status(),
+        200
+    );
+}
+
 #[tokio::test]
 async fn a_callback_may_arrive_before_the_submission_returns() {
     let ds = Downstream::start(|_| Reply::status(202)).await;
