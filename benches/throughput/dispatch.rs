@@ -284,12 +284,15 @@ pub fn interpretation(p: &mut String, k: &Facts, s: &Settings) {
         let _ = write!(
             p,
             "**Dispatch:** {:.0} jobs/s with {} ms jobs; the downstream held at most {held:.0} of {} slots, so {} \
-             One drain loop receives up to 10 messages per iteration and runs five Postgres round trips one \
-             after another for them (the gate state: limit, live count, Retry-After and the window's size in \
-             one query; BEGIN + isolation / gate lock / take the messages into the intake window / reserve from \
-             the whole window, then COMMIT) besides the `ReceiveMessage`; each job then costs three more \
-             statements (the outcome transition, the callback's credential lookup and its transition) and a \
-             share of one per drain (the window rows of the dispatched jobs removed): {:.2} Postgres \
+             One drain turn fills the free slots from the intake window alone while as many jobs wait there, \
+             and otherwise receives for the free slots and a refill's worth ahead (up to ten `ReceiveMessage` \
+             of ten at once); it runs six Postgres round trips one after another (the gate state: limit, \
+             live count, Retry-After, the window's size and how many wait in one query; BEGIN with its \
+             settings / gate lock / take the messages into the intake window / reserve from the whole window / \
+             COMMIT); each job then costs two more statements (the outcome transition and the callback's \
+             transition: the callback's token is checked against the attempt this replica issued it for, so \
+             the job is not read first) and a share of one per drain (the window rows of the dispatched jobs \
+             removed): {:.2} Postgres \
              transactions, {:.1} rows inserted (`job_events`, `intake`; the per-status counts are updated in place, one row per \
              statement and status) and {:.1} \
              rows updated per job, and Postgres was again the largest CPU user ({:.2} cores; emulator {:.2}, bench process \

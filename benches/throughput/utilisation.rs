@@ -175,7 +175,8 @@ pub fn interpretation(p: &mut String, k: &Facts, s: &Settings) {
              against {:.0} % for the fixed schedule ({:.1} s): **{:.1}× the utilisation, {:.1}× shorter \
              makespan**. The gap is set by the tick length against the job length (a {} s tick, jobs of {}–{} \
              ms), not by the service's speed; sluicegate's shortfall from 100 % is the refill latency (callback → \
-             drain → receive → reserve → submit) and the tail, when fewer jobs than slots remain. Neither policy \
+             drain → reserve from the jobs waiting in the intake window → submit; no SQS round trip while the \
+             window holds as many jobs as slots are free) and the tail, when fewer jobs than slots remain. Neither policy \
              ever exceeded the limit (max held {:.0} and {:.0} of {}). ",
             m("us") * 100.0,
             m("ms"),
