@@ -108,8 +108,9 @@ const EXTEND_AHEAD: Duration = Duration::from_secs(10);
 /// messages into the window (so that other keys' jobs behind a backlog are
 /// seen before slots free up).
 const INTAKE_SHARE: f64 = 0.25;
-/// Receives sent at once by a drain that is only taking messages in.
-const INTAKE_RECEIVES: usize = 10;
+/// Receives sent at once, at most, by one turn of a drain (taking messages
+/// in, or receiving for free slots and a refill ahead).
+const INTAKE_RECEIVES: usize = 20;
 /// After a receive came back empty, a replica with no free slot does not ask
 /// SQS again for this long (unless it enqueued meanwhile): no request per
 /// callback while the queue is empty. Doubled after each empty receive in a

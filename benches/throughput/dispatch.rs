@@ -285,7 +285,7 @@ pub fn interpretation(p: &mut String, k: &Facts, s: &Settings) {
             p,
             "**Dispatch:** {:.0} jobs/s with {} ms jobs; the downstream held at most {held:.0} of {} slots, so {} \
              One drain turn fills the free slots from the intake window alone while as many jobs wait there, \
-             and otherwise receives for the free slots and a refill's worth ahead (up to ten `ReceiveMessage` \
+             and otherwise receives for the free slots and a refill's worth ahead (up to twenty `ReceiveMessage` \
              of ten at once); it runs six Postgres round trips one after another (the gate state: limit, \
              live count, Retry-After, the window's size and how many wait in one query; BEGIN with its \
              settings / gate lock / take the messages into the intake window / reserve from the whole window / \
