@@ -5,7 +5,7 @@
 
 use std::{
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use aws_sdk_sqs::{
@@ -38,6 +38,8 @@ pub struct Queue {
     client: Client,
     url: String,
     lingering: Arc<Mutex<Lingering>>,
+    /// The last depth SQS reported, and when (see [`Queue::recent_depth`]).
+    last_depth: Arc<Mutex<Option<(Instant, i64)>>>,
 }
 
 /// Deletes waiting for company (see [`Queue::delete_soon`]).
@@ -90,6 +92,7 @@ impl Queue {
             client: Client::from_conf(conf),
             url: url.into(),
             lingering: Arc::default(),
+            last_depth: Arc::default(),
         }
     }
 
@@ -108,6 +111,7 @@ impl Queue {
     /// 15 minutes: a job due later gets its message back from the drain with
     /// the rest of the wait). Returns the ids whose message could not be sent.
     pub async fn send_delayed(&self, jobs: &[(Uuid, Duration)]) -> Vec<Uuid> {
+        self.depth_changed(!jobs.is_empty());
         let sends = jobs.chunks(SQS_BATCH).map(|chunk| async move {
             let entries: Vec<_> = chunk
                 .iter()
@@ -169,6 +173,7 @@ impl Queue {
             .send()
             .await
             .map_err(|e| anyhow::anyhow!("ReceiveMessage: {}", aws_sdk_sqs::error::DisplayErrorContext(&e)))?;
+        self.depth_changed(!out.messages().is_empty());
         Ok(out
             .messages()
             .iter()
@@ -192,6 +197,7 @@ impl Queue {
     /// Deletes messages, in batches of 10. Failures are logged: a message
     /// that survives is received again and then recognised as stale.
     pub async fn delete(&self, receipts: &[String]) {
+        self.depth_changed(!receipts.is_empty());
         let deletes = receipts.chunks(SQS_BATCH).map(|chunk| async move {
             let entries: Vec<_> = chunk
                 .iter()
@@ -268,6 +274,7 @@ impl Queue {
     /// whole request is logged: its messages reappear when their current
     /// visibility ends.
     pub async fn release(&self, receipts: &[(String, Duration)]) -> Vec<usize> {
+        self.depth_changed(!receipts.is_empty());
         let changes = receipts.chunks(SQS_BATCH).enumerate().map(|(n, chunk)| async move {
             let entries: Vec<_> = chunk
                 .iter()
@@ -314,11 +321,36 @@ impl Queue {
             .map(Duration::from_secs)
     }
 
-    /// Approximate number of visible messages.
+    /// Approximate number of visible messages, asked of SQS now.
     pub async fn depth(&self) -> anyhow::Result<i64> {
-        self.attribute(QueueAttributeName::ApproximateNumberOfMessages)
+        let depth = self
+            .attribute(QueueAttributeName::ApproximateNumberOfMessages)
             .await
-            .map(|n| n as i64)
+            .map(|n| n as i64)?;
+        *self.last_depth.lock().expect("never poisoned") = Some((Instant::now(), depth));
+        Ok(depth)
+    }
+
+    /// This replica changed what the queue holds: the last depth read is
+    /// no longer reused.
+    fn depth_changed(&self, changed: bool) {
+        if changed {
+            *self.last_depth.lock().expect("never poisoned") = None;
+        }
+    }
+
+    /// As [`Queue::depth`], but a depth SQS reported less than `max_age` ago
+    /// is reused, unless this replica has sent, received, deleted or
+    /// released messages since: the figure is approximate anyway (SQS's own
+    /// counts lag, and other replicas' work shows up to `max_age` late), and
+    /// a dashboard polling `GET /stats` of a quiet queue should cost neither
+    /// a request to SQS per poll nor the round trip's latency.
+    pub async fn recent_depth(&self, max_age: Duration) -> anyhow::Result<i64> {
+        let last = *self.last_depth.lock().expect("never poisoned");
+        match last {
+            Some((at, depth)) if at.elapsed() < max_age => Ok(depth),
+            _ => self.depth().await,
+        }
     }
 
     /// One numeric attribute of the queue.

@@ -274,12 +274,19 @@ pub struct Stats {
     pub queue_depth: Option<i64>,
 }
 
+/// How old a queue depth `GET /stats` may reuse (`Queue::recent_depth`: only
+/// while this replica has not changed the queue since it was read).
+pub const STATS_DEPTH_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Counts over all jobs
 #[utoipa::path(get, path = "/stats", tag = "limits", operation_id = "getStats",
     responses((status = 200, description = "Counts over all jobs", body = Stats)),
     security(("api_token" = [])))]
 pub async fn get_stats(State(state): State<AppState>) -> ApiResult<Json<Stats>> {
-    let depth = tokio::time::timeout(std::time::Duration::from_secs(2), state.queue.depth());
+    let depth = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        state.queue.recent_depth(STATS_DEPTH_MAX_AGE),
+    );
     let (counts, limit, depth) = tokio::join!(store::counts(&state.db), store::get_limit(&state.db), depth);
     let (counts, limit) = (counts?, limit?);
     let queue_depth = depth.ok().and_then(Result::ok);

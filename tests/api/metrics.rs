@@ -237,3 +237,40 @@ async fn a_fresh_process_counts_exactly_what_it_did() {
     exactly("sluicegate_postgres_up", 1.0);
     exactly("sluicegate_http_requests_shed_total", 0.0);
 }
+
+/// `GET /stats` reports the queue depth SQS gives, but reuses a reading less
+/// than a second old while this replica has not changed the queue: a
+/// dashboard polling a quiet queue costs neither a request to SQS per poll
+/// nor that round trip's latency. The readiness probe and the gauge sampler
+/// always ask (and refresh the reading).
+#[tokio::test]
+async fn the_queue_depth_of_stats_is_reused_for_a_second() {
+    let app = app().spawn().await;
+    let send = || async {
+        app.sqs
+            .send_message()
+            .queue_url(&app.queue_url)
+            .message_body("not-a-job")
+            .send()
+            .await
+            .unwrap();
+    };
+    send().await;
+    let queue = &app.state.queue;
+    let first = queue.depth().await.unwrap();
+    assert_eq!(first, 1);
+    send().await;
+    // A reading younger than the age allowed is reused...
+    assert_eq!(queue.recent_depth(Duration::from_secs(3600)).await.unwrap(), first);
+    // ...an older one is not, and the new one is kept.
+    assert_eq!(queue.recent_depth(Duration::ZERO).await.unwrap(), 2);
+    assert_eq!(queue.recent_depth(Duration::from_secs(3600)).await.unwrap(), 2);
+    // GET /stats reads through it.
+    let stats: serde_json::Value = app.get("/stats").await.json().await.unwrap();
+    assert_eq!(stats["queue_depth"], 2);
+    // What this replica does to the queue itself is never hidden by the
+    // reuse: a submission (a send) makes the next reading fresh.
+    app.submit(json!(1)).await;
+    let stats: serde_json::Value = app.get("/stats").await.json().await.unwrap();
+    assert_eq!(stats["queue_depth"], 3);
+}
