@@ -38,8 +38,17 @@ pub struct Queue {
     client: Client,
     url: String,
     lingering: Arc<Mutex<Lingering>>,
-    /// The last depth SQS reported, and when (see [`Queue::recent_depth`]).
-    last_depth: Arc<Mutex<Option<(Instant, i64)>>>,
+    /// The last depth SQS reported (see [`Queue::recent_depth`]).
+    depth: Arc<Mutex<DepthReading>>,
+}
+
+/// The last depth SQS reported, and when; `changes` counts this replica's
+/// changes to the queue, so that a reading asked for before one of them is
+/// not kept after it.
+#[derive(Default)]
+struct DepthReading {
+    changes: u64,
+    last: Option<(Instant, i64)>,
 }
 
 /// Deletes waiting for company (see [`Queue::delete_soon`]).
@@ -92,7 +101,7 @@ impl Queue {
             client: Client::from_conf(conf),
             url: url.into(),
             lingering: Arc::default(),
-            last_depth: Arc::default(),
+            depth: Arc::default(),
         }
     }
 
@@ -323,19 +332,27 @@ impl Queue {
 
     /// Approximate number of visible messages, asked of SQS now.
     pub async fn depth(&self) -> anyhow::Result<i64> {
+        let asked_after = self.depth.lock().expect("never poisoned").changes;
         let depth = self
             .attribute(QueueAttributeName::ApproximateNumberOfMessages)
             .await
             .map(|n| n as i64)?;
-        *self.last_depth.lock().expect("never poisoned") = Some((Instant::now(), depth));
+        let mut reading = self.depth.lock().expect("never poisoned");
+        // Kept only if this replica changed nothing while the request ran
+        // (the answer may predate that change).
+        if reading.changes == asked_after {
+            reading.last = Some((Instant::now(), depth));
+        }
         Ok(depth)
     }
 
     /// This replica changed what the queue holds: the last depth read is
-    /// no longer reused.
+    /// no longer reused, nor one asked for before now.
     fn depth_changed(&self, changed: bool) {
         if changed {
-            *self.last_depth.lock().expect("never poisoned") = None;
+            let mut reading = self.depth.lock().expect("never poisoned");
+            reading.changes += 1;
+            reading.last = None;
         }
     }
 
@@ -346,7 +363,7 @@ impl Queue {
     /// a dashboard polling `GET /stats` of a quiet queue should cost neither
     /// a request to SQS per poll nor the round trip's latency.
     pub async fn recent_depth(&self, max_age: Duration) -> anyhow::Result<i64> {
-        let last = *self.last_depth.lock().expect("never poisoned");
+        let last = self.depth.lock().expect("never poisoned").last;
         match last {
             Some((at, depth)) if at.elapsed() < max_age => Ok(depth),
             _ => self.depth().await,
