@@ -166,7 +166,13 @@ async fn postgres_killed_and_restarted_under_load() {
                 s.body
             );
         }
-        let mut latencies: Vec<Duration> = overlapping.iter().map(|s| s.latency).collect();
+        // Time spent waiting once the outage began: a request already
+        // under way when Postgres died (a drain runs for most of its
+        // budget) is judged by how fast it answered after the kill.
+        let mut latencies: Vec<Duration> = overlapping
+            .iter()
+            .map(|s| (s.started + s.latency).saturating_duration_since(s.started.max(o.down)))
+            .collect();
         assert!(
             load::p99(&mut latencies) <= Duration::from_secs(1),
             "{route}: p99 over 1 s\n{report}"
