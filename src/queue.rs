@@ -18,6 +18,7 @@ use aws_sdk_sqs::{
 };
 use chrono::{DateTime, Utc};
 use futures::future::join_all;
+use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
@@ -32,6 +33,13 @@ pub const MAX_WAIT_SECS: i32 = 20;
 /// How long a delete given to [`Queue::delete_soon`] waits for company to
 /// fill a batch of ten.
 pub const DELETE_LINGER: Duration = Duration::from_millis(200);
+/// At most this many `SendMessageBatch` requests are under way at once in a
+/// replica, whatever the number of submissions: a `/jobs/batch` of 500 jobs
+/// is 50 of them, and without a cap four such requests at once opened 200
+/// connections to SQS, each kept in the client's pool with its buffers
+/// (about 19 KiB each, more with TLS). 32 requests of ten keep SQS busy:
+/// at SQS's typical 10–20 ms per request that is 16,000 messages/s or more.
+pub const MAX_CONCURRENT_SENDS: usize = 32;
 
 #[derive(Clone)]
 pub struct Queue {
@@ -40,6 +48,8 @@ pub struct Queue {
     lingering: Arc<Mutex<Lingering>>,
     /// The last depth SQS reported (see [`Queue::recent_depth`]).
     depth: Arc<Mutex<DepthReading>>,
+    /// Permits for `SendMessageBatch` requests ([`MAX_CONCURRENT_SENDS`]).
+    sends: Arc<Semaphore>,
 }
 
 /// The last depth SQS reported, and when; `changes` counts this replica's
@@ -102,6 +112,7 @@ impl Queue {
             url: url.into(),
             lingering: Arc::default(),
             depth: Arc::default(),
+            sends: Arc::new(Semaphore::new(MAX_CONCURRENT_SENDS)),
         }
     }
 
@@ -109,7 +120,8 @@ impl Queue {
         &self.url
     }
 
-    /// Sends one message per job id, in batches of 10 sent concurrently.
+    /// Sends one message per job id, in batches of 10 sent concurrently (at
+    /// most [`MAX_CONCURRENT_SENDS`] at once in this replica).
     /// Returns the ids whose message could not be sent.
     pub async fn send_job_ids(&self, ids: &[Uuid]) -> Vec<Uuid> {
         let delayed: Vec<(Uuid, Duration)> = ids.iter().map(|id| (*id, Duration::ZERO)).collect();
@@ -134,6 +146,7 @@ impl Queue {
                         .expect("id and body are set")
                 })
                 .collect();
+            let _permit = self.sends.acquire().await.expect("the semaphore is never closed");
             match self
                 .client
                 .send_message_batch()
@@ -432,6 +445,70 @@ fn region_of_queue_url(queue_url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::{
+        sync::{
+            Arc,
+            atomic::{AtomicUsize, Ordering::SeqCst},
+        },
+        time::Duration,
+    };
+
+    use axum::{Json, Router, body::Bytes, extract::State, routing::post};
+    use serde_json::{Value, json};
+    use uuid::Uuid;
+
+    /// Requests under way at the stand-in, and the most seen at once.
+    #[derive(Default)]
+    struct Concurrency {
+        now: AtomicUsize,
+        max: AtomicUsize,
+        requests: AtomicUsize,
+    }
+
+    /// A stand-in for SQS's `SendMessageBatch` (JSON protocol) that takes
+    /// 20 ms per request and accepts every entry.
+    async fn send_message_batch(State(c): State<Arc<Concurrency>>, body: Bytes) -> Json<Value> {
+        // The SDK sends `application/x-amz-json-1.0`, which `Json` refuses.
+        let body: Value = serde_json::from_slice(&body).expect("a JSON request");
+        let now = c.now.fetch_add(1, SeqCst) + 1;
+        c.max.fetch_max(now, SeqCst);
+        c.requests.fetch_add(1, SeqCst);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        c.now.fetch_sub(1, SeqCst);
+        let ok: Vec<Value> = body["Entries"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| json!({"Id": e["Id"], "MessageId": Uuid::new_v4().to_string(), "MD5OfMessageBody": "0"}))
+            .collect();
+        Json(json!({ "Successful": ok, "Failed": [] }))
+    }
+
+    #[tokio::test]
+    async fn sends_are_capped_at_once_however_many_batches_are_asked_for() {
+        let c = Arc::new(Concurrency::default());
+        let app = Router::new().route("/", post(send_message_batch)).with_state(c.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let conf = aws_sdk_sqs::Config::builder()
+            .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+            .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_sqs::config::Credentials::new("t", "t", None, None, "test"))
+            .endpoint_url(&endpoint)
+            .build();
+        let queue = super::Queue::new(aws_sdk_sqs::Client::from_conf(conf), format!("{endpoint}/000/jobs"));
+        // Four submissions of 500 jobs at once: 200 batches of ten.
+        let ids: Vec<Uuid> = (0..500).map(|_| Uuid::new_v4()).collect();
+        let failed = futures::future::join_all((0..4).map(|_| queue.send_job_ids(&ids))).await;
+        assert!(failed.iter().all(Vec::is_empty), "every message was sent");
+        assert_eq!(c.requests.load(SeqCst), 200);
+        let max = c.max.load(SeqCst);
+        assert!(max <= super::MAX_CONCURRENT_SENDS, "{max} sends at once");
+        // Still sent side by side, not one after another.
+        assert!(max >= super::MAX_CONCURRENT_SENDS / 2, "only {max} sends at once");
+    }
+
     #[test]
     fn region_comes_from_aws_queue_urls() {
         assert_eq!(
