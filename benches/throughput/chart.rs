@@ -1,6 +1,7 @@
 //! The utilisation chart (scenario c): jobs held by the downstream over
 //! time, sluicegate against the naive fixed-tick schedule, as a small SVG
-//! written beside the report (no plotting dependency: two polylines).
+//! written beside the report (no plotting dependency: two polylines); and
+//! the plain line chart of i's retention run (table size over time).
 
 use std::fmt::Write as _;
 
@@ -124,6 +125,111 @@ pub fn utilisation_svg(title: &str, limit: f64, lines: &[Line]) -> String {
         );
         // The legend: one row under the title, above the plot.
         let lx = LEFT + 280.0 * i as f64;
+        let _ = writeln!(
+            s,
+            r#"<line x1="{}" y1="34" x2="{}" y2="34" stroke="{}" stroke-width="3"/><text x="{}" y="38">{}</text>"#,
+            lx,
+            lx + 20.0,
+            line.colour,
+            lx + 26.0,
+            line.name
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// A plain line chart of samples as they are (no buckets): values from 0 to
+/// the largest (rounded up to a whole `y_unit` step) against seconds. For
+/// i's retention run (`bench/retention.svg`): table size over time.
+pub fn series_svg(title: &str, y_label: &str, x_label: &str, lines: &[Line]) -> String {
+    let t_max = lines
+        .iter()
+        .flat_map(|l| l.samples.iter().map(|(t, _)| *t))
+        .fold(1.0f64, f64::max)
+        .ceil();
+    let top = lines
+        .iter()
+        .flat_map(|l| l.samples.iter().map(|(_, v)| *v))
+        .fold(0.0f64, f64::max);
+    // A round top: 1, 2 or 5 times a power of ten.
+    let mag = 10f64.powf(top.max(1e-9).log10().floor());
+    let y_max = [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * mag)
+        .find(|m| *m >= top)
+        .unwrap_or(10.0 * mag);
+    let (plot_w, plot_h) = (WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM);
+    let x = |t: f64| LEFT + t / t_max * plot_w;
+    let y = |v: f64| TOP + (1.0 - v / y_max) * plot_h;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(s, r#"<text x="{LEFT}" y="18" font-size="13">{title}</text>"#);
+    let _ = writeln!(
+        s,
+        r##"<line x1="{LEFT}" y1="{}" x2="{}" y2="{}" stroke="#444"/>"##,
+        y(0.0),
+        x(t_max),
+        y(0.0)
+    );
+    let _ = writeln!(
+        s,
+        r##"<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{}" stroke="#444"/>"##,
+        y(0.0)
+    );
+    for v in [0.0, y_max / 2.0, y_max] {
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="end">{v}</text>"#,
+            LEFT - 6.0,
+            y(v) + 4.0
+        );
+    }
+    let _ = writeln!(
+        s,
+        r##"<text x="{LEFT}" y="{}" fill="#666">{y_label}</text>"##,
+        TOP - 6.0
+    );
+    let step = if t_max > 300.0 {
+        60.0
+    } else if t_max > 60.0 {
+        20.0
+    } else {
+        2.0
+    };
+    let mut t = 0.0;
+    while t <= t_max {
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="middle">{t}</text>"#,
+            x(t),
+            y(0.0) + 16.0
+        );
+        t += step;
+    }
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="{}" text-anchor="middle">{x_label}</text>"#,
+        LEFT + plot_w / 2.0,
+        HEIGHT - 6.0
+    );
+    for (i, line) in lines.iter().enumerate() {
+        let points: Vec<String> = line
+            .samples
+            .iter()
+            .map(|&(t, v)| format!("{:.1},{:.1}", x(t), y(v)))
+            .collect();
+        let _ = writeln!(
+            s,
+            r#"<polyline fill="none" stroke="{}" stroke-width="1.5" points="{}"/>"#,
+            line.colour,
+            points.join(" ")
+        );
+        let lx = LEFT + 250.0 * i as f64;
         let _ = writeln!(
             s,
             r#"<line x1="{}" y1="34" x2="{}" y2="34" stroke="{}" stroke-width="3"/><text x="{}" y="38">{}</text>"#,

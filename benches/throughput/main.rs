@@ -1,5 +1,5 @@
 //! Performance and memory benchmarks. Writes `bench/REPORT.md` and, from
-//! scenario c, `bench/utilisation.svg`.
+//! scenario c, `bench/utilisation.svg` (from i, `bench/retention.svg`).
 //!
 //! Run it with `scripts/bench` (it installs the tools, starts the local-aws-sqs
 //! emulator, checks Postgres and builds the release binary first), or by hand:
@@ -13,12 +13,12 @@
 //!
 //! Like the integration tests, it stands on the test kit (`testkit/`): a fresh
 //! Postgres database and SQS queue per run, the fake downstream on port 0
-//! and the real application (in this process for a–c, e and f; the release
+//! and the real application (in this process for a–c, e, f and i; the release
 //! binary as a subprocess, `serve`, for the memory benchmark d and, beside a
 //! baseline binary, for g). Every number is measured over
 //! several runs and reported as median, min and max. One file per scenario
 //! (`enqueue`, `dispatch`, `utilisation`, `fairness`, `keys`, `memory`,
-//! `baseline`, `replicas`: the run, its section of
+//! `baseline`, `replicas`, `scale`: the run, its section of
 //! the report and its paragraph of the interpretation); `load` holds what
 //! they share, `stats` and `cpu` the arithmetic and the CPU accounting,
 //! `machine` the facts the report opens with.
@@ -32,8 +32,13 @@
 //! large key's backlog in e, 5000), `SLUICEGATE_BENCH_KEYS` (jobs and keys
 //! in f, 10000), `SLUICEGATE_BENCH_SIDE_JOBS` (each backlog in g, 3000),
 //! `SLUICEGATE_BENCH_BASELINE` (a release binary to run side by side with
-//! this one in g; without it g is not run),
-//! `SLUICEGATE_BENCH_ONLY` (which benchmarks, `abcdefgh`), `SLUICEGATE_BENCH_SMOKE`
+//! this one in g; without it g is not run), `SLUICEGATE_BENCH_SCALE_ROWS`
+//! (finished jobs in i's large database, 10000000; the small one has
+//! 10000), `SLUICEGATE_BENCH_RETENTION_RUN_SECS` (the length of i's
+//! retention run, 360),
+//! `SLUICEGATE_BENCH_ONLY` (which benchmarks, `abcdefgh`; add `i` for scale
+//! and retention: a 10-million-job database, about 12 GB and half an hour),
+//! `SLUICEGATE_BENCH_SMOKE`
 //! (`1`: smaller defaults for every size above, one run each, and a failed
 //! exit if the limit was exceeded; `scripts/bench --smoke`),
 //! `SLUICEGATE_BENCH_REPORT` (where the report goes, `bench/REPORT.md`),
@@ -55,6 +60,7 @@ mod load;
 mod machine;
 mod memory;
 mod replicas;
+mod scale;
 mod serve;
 mod stats;
 mod utilisation;
@@ -128,8 +134,12 @@ pub struct Settings {
     pub scale_keys: usize,
     /// Queued jobs of each backlog in g.
     pub side_jobs: usize,
+    /// Finished jobs in i's large database.
+    pub scale_rows: usize,
+    /// Length of i's retention run, s.
+    pub retention_run_secs: f64,
     pub pool: u32,
-    /// Which benchmarks to run (a, b, c, d, e, f, g, h; g only with a
+    /// Which benchmarks to run (a, b, c, d, e, f, g, h, i; g only with a
     /// baseline binary).
     pub only: String,
     /// A smoke run (`SLUICEGATE_BENCH_SMOKE=1`, `scripts/bench --smoke`):
@@ -176,6 +186,12 @@ impl Settings {
         let fair_big = knob("SLUICEGATE_BENCH_FAIR_JOBS", small(5000, 500), &mut o);
         let scale_keys = knob("SLUICEGATE_BENCH_KEYS", small(10_000, 1000), &mut o);
         let side_jobs = knob("SLUICEGATE_BENCH_SIDE_JOBS", small(3000, 300), &mut o);
+        let scale_rows = knob("SLUICEGATE_BENCH_SCALE_ROWS", small(10_000_000, 20_000), &mut o);
+        let retention_run_secs = knob(
+            "SLUICEGATE_BENCH_RETENTION_RUN_SECS",
+            if smoke { 10.0 } else { 360.0f64 },
+            &mut o,
+        );
         let only = knob("SLUICEGATE_BENCH_ONLY", "abcdefgh".to_owned(), &mut o);
         let report = knob(
             "SLUICEGATE_BENCH_REPORT",
@@ -205,6 +221,8 @@ impl Settings {
             fair_work: Duration::from_millis(100),
             scale_keys,
             side_jobs,
+            scale_rows,
+            retention_run_secs,
             pool,
             only,
             smoke,
@@ -466,6 +484,19 @@ async fn run() {
         _ => eprintln!("g. side by side: not asked for (SLUICEGATE_BENCH_ONLY)"),
     }
 
+    let (mut at_scale, mut retention) = (None, None);
+    if s.only.contains('i') {
+        eprintln!(
+            "i. scale and retention: {} and {} finished jobs, {} runs; then {:.0} s of steady load with retention",
+            scale::BASE_ROWS,
+            s.scale_rows,
+            s.runs,
+            s.retention_run_secs
+        );
+        at_scale = Some(scale::scale_run(&infra, &s).await);
+        retention = Some(scale::retention_run(&infra, &s).await);
+    }
+
     let mut facts = facts;
     facts.push((
         "load average at the end (1/5/15 min)",
@@ -486,6 +517,7 @@ async fn run() {
         &mem,
         binary.as_ref(),
         (&ours, &theirs, baseline.as_deref()),
+        (at_scale.as_ref(), retention.as_ref()),
         started.elapsed(),
     );
     let path = &s.report;
@@ -521,6 +553,11 @@ async fn run() {
             ],
         );
         std::fs::write(&chart, svg).expect("write the chart");
+        eprintln!("wrote {}", chart.display());
+    }
+    if let Some(r) = &retention {
+        let chart = path.with_file_name("retention.svg");
+        std::fs::write(&chart, scale::chart(r)).expect("write the chart");
         eprintln!("wrote {}", chart.display());
     }
     if s.smoke {
@@ -581,6 +618,7 @@ fn render(
     mem: &[MemRun],
     binary: Option<&(PathBuf, bool)>,
     side: (&[baseline::SideRun], &[baseline::SideRun], Option<&Path>),
+    at_scale: (Option<&scale::ScaleResult>, Option<&scale::Retention>),
     took: Duration,
 ) -> String {
     let mut o = String::new();
@@ -608,7 +646,8 @@ fn render(
          Knobs: `SLUICEGATE_BENCH_RUNS`, `SLUICEGATE_BENCH_ENQUEUE_SECS`, `SLUICEGATE_BENCH_DISPATCH_JOBS`, \
          `SLUICEGATE_BENCH_UTIL_JOBS`, `SLUICEGATE_BENCH_MEM_JOBS`, `SLUICEGATE_BENCH_MEM_RUNS`, \
          `SLUICEGATE_BENCH_POOL`, `SLUICEGATE_BENCH_FAIR_RUNS`, `SLUICEGATE_BENCH_FAIR_JOBS`, `SLUICEGATE_BENCH_KEYS`, \
-         `SLUICEGATE_BENCH_SIDE_JOBS`, `SLUICEGATE_BENCH_BASELINE`, `SLUICEGATE_BENCH_ONLY` (see the top of \
+         `SLUICEGATE_BENCH_SIDE_JOBS`, `SLUICEGATE_BENCH_BASELINE`, `SLUICEGATE_BENCH_SCALE_ROWS`, \
+         `SLUICEGATE_BENCH_RETENTION_RUN_SECS`, `SLUICEGATE_BENCH_ONLY` (see the top of \
          `benches/throughput/main.rs`).\n",
         reproduce_command(s)
     );
@@ -632,6 +671,7 @@ fn render(
 
     memory::section(&mut o, &mut k, s, mem, binary);
     baseline::section(&mut o, &mut k, s, side.0, side.1, side.2);
+    scale::section(&mut o, &mut k, s, at_scale.0, at_scale.1);
 
     let _ = writeln!(o, "\n## Interpretation\n\n{}", interpretation(&k, s));
     o
@@ -651,5 +691,6 @@ fn interpretation(k: &Facts, s: &Settings) -> String {
     replicas::interpretation(&mut p, k);
     memory::interpretation(&mut p, k, s);
     baseline::interpretation(&mut p, k);
+    scale::interpretation(&mut p, k, s);
     p.trim_end().to_owned()
 }
