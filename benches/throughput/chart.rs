@@ -41,6 +41,27 @@ fn buckets(samples: &[(f64, f64)]) -> Vec<(f64, f64)> {
         .collect()
 }
 
+/// An SVG's opening: its size, a white background, the title, and the two
+/// axes (the time axis at height `y0`, to `x_end`).
+fn open_svg(title: &str, y0: f64, x_end: f64) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(s, r#"<text x="{LEFT}" y="18" font-size="13">{title}</text>"#);
+    let _ = writeln!(
+        s,
+        r##"<line x1="{LEFT}" y1="{y0}" x2="{x_end}" y2="{y0}" stroke="#444"/>"##
+    );
+    let _ = writeln!(
+        s,
+        r##"<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{y0}" stroke="#444"/>"##
+    );
+    s
+}
+
 /// The SVG: held jobs (0 to `limit`) against time, one line per policy.
 pub fn utilisation_svg(title: &str, limit: f64, lines: &[Line]) -> String {
     let t_max = lines
@@ -51,26 +72,8 @@ pub fn utilisation_svg(title: &str, limit: f64, lines: &[Line]) -> String {
     let (plot_w, plot_h) = (WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM);
     let x = |t: f64| LEFT + t / t_max * plot_w;
     let y = |held: f64| TOP + (1.0 - held / limit) * plot_h;
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(s, r#"<text x="{LEFT}" y="18" font-size="13">{title}</text>"#);
-    // Axes, the limit, and ticks.
-    let _ = writeln!(
-        s,
-        r##"<line x1="{LEFT}" y1="{}" x2="{}" y2="{}" stroke="#444"/>"##,
-        y(0.0),
-        x(t_max),
-        y(0.0)
-    );
-    let _ = writeln!(
-        s,
-        r##"<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{}" stroke="#444"/>"##,
-        y(0.0)
-    );
+    let mut s = open_svg(title, y(0.0), x(t_max));
+    // The limit, and ticks.
     let _ = writeln!(
         s,
         r##"<line x1="{LEFT}" y1="{}" x2="{}" y2="{}" stroke="#999" stroke-dasharray="4 3"/><text x="{}" y="{}" text-anchor="end" fill="#666">limit {limit}</text>"##,
@@ -162,25 +165,7 @@ pub fn series_svg(title: &str, y_label: &str, x_label: &str, lines: &[Line]) -> 
     let (plot_w, plot_h) = (WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM);
     let x = |t: f64| LEFT + t / t_max * plot_w;
     let y = |v: f64| TOP + (1.0 - v / y_max) * plot_h;
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(s, r#"<text x="{LEFT}" y="18" font-size="13">{title}</text>"#);
-    let _ = writeln!(
-        s,
-        r##"<line x1="{LEFT}" y1="{}" x2="{}" y2="{}" stroke="#444"/>"##,
-        y(0.0),
-        x(t_max),
-        y(0.0)
-    );
-    let _ = writeln!(
-        s,
-        r##"<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{}" stroke="#444"/>"##,
-        y(0.0)
-    );
+    let mut s = open_svg(title, y(0.0), x(t_max));
     for v in [0.0, y_max / 2.0, y_max] {
         let _ = writeln!(
             s,
