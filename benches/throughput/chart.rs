@@ -62,6 +62,36 @@ fn open_svg(title: &str, y0: f64, x_end: f64) -> String {
     s
 }
 
+/// An SVG's end: each line as a polyline of `points` (in the picture's
+/// coordinates), its legend in one row under the title, `legend_step`
+/// apart, and the closing tag.
+fn close_svg(mut s: String, lines: &[Line], legend_step: f64, points: impl Fn(&Line) -> Vec<(f64, f64)>) -> String {
+    for (i, line) in lines.iter().enumerate() {
+        let points: Vec<String> = points(line)
+            .iter()
+            .map(|&(px, py)| format!("{px:.1},{py:.1}"))
+            .collect();
+        let _ = writeln!(
+            s,
+            r#"<polyline fill="none" stroke="{}" stroke-width="1.5" points="{}"/>"#,
+            line.colour,
+            points.join(" ")
+        );
+        let lx = LEFT + legend_step * i as f64;
+        let _ = writeln!(
+            s,
+            r#"<line x1="{}" y1="34" x2="{}" y2="34" stroke="{}" stroke-width="3"/><text x="{}" y="38">{}</text>"#,
+            lx,
+            lx + 20.0,
+            line.colour,
+            lx + 26.0,
+            line.name
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
 /// The SVG: held jobs (0 to `limit`) against time, one line per policy.
 pub fn utilisation_svg(title: &str, limit: f64, lines: &[Line]) -> String {
     let t_max = lines
@@ -115,31 +145,9 @@ pub fn utilisation_svg(title: &str, limit: f64, lines: &[Line]) -> String {
         HEIGHT - 6.0,
         BUCKET_S * 1000.0
     );
-    for (i, line) in lines.iter().enumerate() {
-        let points: Vec<String> = buckets(line.samples)
-            .iter()
-            .map(|&(t, held)| format!("{:.1},{:.1}", x(t), y(held)))
-            .collect();
-        let _ = writeln!(
-            s,
-            r#"<polyline fill="none" stroke="{}" stroke-width="1.5" points="{}"/>"#,
-            line.colour,
-            points.join(" ")
-        );
-        // The legend: one row under the title, above the plot.
-        let lx = LEFT + 280.0 * i as f64;
-        let _ = writeln!(
-            s,
-            r#"<line x1="{}" y1="34" x2="{}" y2="34" stroke="{}" stroke-width="3"/><text x="{}" y="38">{}</text>"#,
-            lx,
-            lx + 20.0,
-            line.colour,
-            lx + 26.0,
-            line.name
-        );
-    }
-    s.push_str("</svg>\n");
-    s
+    close_svg(s, lines, 280.0, |line| {
+        buckets(line.samples).iter().map(|&(t, held)| (x(t), y(held))).collect()
+    })
 }
 
 /// A plain line chart of samples as they are (no buckets): values from 0 to
@@ -202,29 +210,7 @@ pub fn series_svg(title: &str, y_label: &str, x_label: &str, lines: &[Line]) -> 
         LEFT + plot_w / 2.0,
         HEIGHT - 6.0
     );
-    for (i, line) in lines.iter().enumerate() {
-        let points: Vec<String> = line
-            .samples
-            .iter()
-            .map(|&(t, v)| format!("{:.1},{:.1}", x(t), y(v)))
-            .collect();
-        let _ = writeln!(
-            s,
-            r#"<polyline fill="none" stroke="{}" stroke-width="1.5" points="{}"/>"#,
-            line.colour,
-            points.join(" ")
-        );
-        let lx = LEFT + 250.0 * i as f64;
-        let _ = writeln!(
-            s,
-            r#"<line x1="{}" y1="34" x2="{}" y2="34" stroke="{}" stroke-width="3"/><text x="{}" y="38">{}</text>"#,
-            lx,
-            lx + 20.0,
-            line.colour,
-            lx + 26.0,
-            line.name
-        );
-    }
-    s.push_str("</svg>\n");
-    s
+    close_svg(s, lines, 250.0, |line| {
+        line.samples.iter().map(|&(t, v)| (x(t), y(v))).collect()
+    })
 }
